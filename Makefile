@@ -1,0 +1,35 @@
+# `make test` and `make demo` set up .venv on first use, then reuse it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast demo clean
+
+setup: $(STAMP)
+
+# torch first (pinned: an unpinned torch pulls several GB of CUDA wheels),
+# then mmcv 2.1.0 built from source with its compiled ops (about 5-20 min on
+# 2 cores the first time; pip caches the wheel), then the rest.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -c requirements.txt torch==2.13.0 numpy setuptools opencv-python wheel ninja psutil
+	MMCV_WITH_OPS=1 $(PIP) install --no-build-isolation -c requirements.txt mmcv==2.1.0
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps --no-build-isolation -e .
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -c "import torch, wavevit_mm; m = wavevit_mm.WaveViT('s').eval(); \
+	print([tuple(o.shape) for o in m(torch.randn(1, 3, 224, 224))])"
+
+clean:
+	rm -rf $(VENV) work_dirs

@@ -1,0 +1,241 @@
+"""Checkpoints in the layout of the official Wave-ViT classification code,
+and an independent functional forward over them, used as test oracles.
+
+Nothing here imports the package under test: key names, shapes and dtypes
+are written down from the official ``classification/wavevit.py`` model
+(``patch_embed{i}``, ``block{i}.{j}``, ``norm{i}``, the float16 DWT/IDWT
+filter buffers, ``post_network``, ``head``, ``aux_head``), and the forward
+pass uses pytorch_wavelets for the transforms and explicit softmax
+attention.
+"""
+import math
+from collections import OrderedDict
+from typing import Dict, List
+
+import pywt
+import torch
+import torch.nn.functional as F
+from pytorch_wavelets import DWTForward, DWTInverse
+from torch import Tensor
+
+ARCHS = {
+    's': dict(stem=32, dims=[64, 128, 320, 448], heads=[2, 4, 10, 14],
+              mlp=[8, 8, 4, 4], depths=[3, 4, 6, 3], sr=[4, 2, 1, 1]),
+    'b': dict(stem=64, dims=[64, 128, 320, 512], heads=[2, 4, 10, 16],
+              mlp=[8, 8, 4, 4], depths=[3, 4, 12, 3], sr=[4, 2, 1, 1]),
+    'l': dict(stem=64, dims=[96, 192, 384, 512], heads=[3, 6, 12, 16],
+              mlp=[8, 8, 4, 4], depths=[3, 6, 18, 3], sr=[4, 2, 1, 1]),
+}
+
+
+def _haar_filter_buffers() -> Dict[str, Tensor]:
+    wave = pywt.Wavelet('haar')
+    lo, hi = torch.tensor(wave.dec_lo[::-1]), torch.tensor(wave.dec_hi[::-1])
+    rlo, rhi = torch.tensor(wave.rec_lo), torch.tensor(wave.rec_hi)
+    outer = lambda a, b: (b[:, None] * a[None, :])[None, None]  # noqa: E731
+    filters = torch.cat([outer(rlo, rlo), outer(rlo, rhi), outer(rhi, rlo),
+                         outer(rhi, rhi)], dim=0)
+    return {
+        'dwt.w_ll': outer(lo, lo).half(), 'dwt.w_lh': outer(lo, hi).half(),
+        'dwt.w_hl': outer(hi, lo).half(), 'dwt.w_hh': outer(hi, hi).half(),
+        'idwt.filters': filters.half(),
+    }
+
+
+def official_state_dict(arch, seed: int = 0, num_classes: int = 1000,
+                        random_bn: bool = True) -> 'OrderedDict[str, Tensor]':
+    """A state dict with the keys, shapes and dtypes of the official
+    classification WaveViT (``token_label=True``), random values."""
+    cfg = ARCHS[arch] if isinstance(arch, str) else arch
+    gen = torch.Generator().manual_seed(seed)
+    sd: 'OrderedDict[str, Tensor]' = OrderedDict()
+
+    def rand(*shape, scale=None):
+        fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+        scale = scale if scale is not None else fan_in ** -0.5
+        return torch.randn(*shape, generator=gen) * scale
+
+    def linear(name, out_f, in_f):
+        sd[f'{name}.weight'] = rand(out_f, in_f)
+        sd[f'{name}.bias'] = rand(out_f, scale=0.02)
+
+    def conv(name, out_c, in_c, k, groups=1, bias=True):
+        sd[f'{name}.weight'] = rand(out_c, in_c // groups, k, k)
+        if bias:
+            sd[f'{name}.bias'] = rand(out_c, scale=0.02)
+
+    def layer_norm(name, c):
+        sd[f'{name}.weight'] = 1 + rand(c, scale=0.1)
+        sd[f'{name}.bias'] = rand(c, scale=0.1)
+
+    def batch_norm(name, c):
+        layer_norm(name, c)
+        if random_bn:
+            sd[f'{name}.running_mean'] = rand(c, scale=0.1)
+            sd[f'{name}.running_var'] = 0.5 + torch.rand(c, generator=gen)
+        else:
+            sd[f'{name}.running_mean'] = torch.zeros(c)
+            sd[f'{name}.running_var'] = torch.ones(c)
+        sd[f'{name}.num_batches_tracked'] = torch.tensor(1000)
+
+    dims, stem = cfg['dims'], cfg['stem']
+    conv('patch_embed1.conv.0', stem, 3, 7, bias=False)
+    batch_norm('patch_embed1.conv.1', stem)
+    conv('patch_embed1.conv.3', stem, stem, 3, bias=False)
+    batch_norm('patch_embed1.conv.4', stem)
+    conv('patch_embed1.conv.6', stem, stem, 3, bias=False)
+    batch_norm('patch_embed1.conv.7', stem)
+    conv('patch_embed1.proj', dims[0], stem, 3)
+    layer_norm('patch_embed1.norm', dims[0])
+    haar = _haar_filter_buffers()
+    for i in range(4):
+        dim, hidden = dims[i], dims[i] * cfg['mlp'][i]
+        if i > 0:
+            conv(f'patch_embed{i + 1}.proj', dim, dims[i - 1], 3)
+            layer_norm(f'patch_embed{i + 1}.norm', dim)
+        for j in range(cfg['depths'][i]):
+            b = f'block{i + 1}.{j}'
+            layer_norm(f'{b}.norm1', dim)
+            layer_norm(f'{b}.norm2', dim)
+            linear(f'{b}.attn.q', dim, dim)
+            if i < 2:
+                for name, value in haar.items():
+                    sd[f'{b}.attn.{name}'] = value.clone()
+                conv(f'{b}.attn.reduce.0', dim // 4, dim, 1)
+                batch_norm(f'{b}.attn.reduce.1', dim // 4)
+                conv(f'{b}.attn.filter.0', dim, dim, 3)
+                batch_norm(f'{b}.attn.filter.1', dim)
+                conv(f'{b}.attn.kv_embed', dim, dim, cfg['sr'][i])
+                layer_norm(f'{b}.attn.kv.0', dim)
+                linear(f'{b}.attn.kv.1', 2 * dim, dim)
+                linear(f'{b}.attn.proj', dim, dim + dim // 4)
+            else:
+                linear(f'{b}.attn.kv', 2 * dim, dim)
+                linear(f'{b}.attn.proj', dim, dim)
+            linear(f'{b}.mlp.fc1', hidden, dim)
+            conv(f'{b}.mlp.dwconv.dwconv', hidden, hidden, 3, groups=hidden)
+            linear(f'{b}.mlp.fc2', dim, hidden)
+        layer_norm(f'norm{i + 1}', dim)
+    dim = dims[-1]
+    p = 'post_network.0'
+    layer_norm(f'{p}.norm1', dim)
+    layer_norm(f'{p}.norm2', dim)
+    linear(f'{p}.attn.kv', 2 * dim, dim)
+    linear(f'{p}.attn.q', dim, dim)
+    linear(f'{p}.attn.proj', dim, dim)
+    linear(f'{p}.mlp.fc1', dim * cfg['mlp'][-1], dim)
+    linear(f'{p}.mlp.fc2', dim, dim * cfg['mlp'][-1])
+    linear('head', num_classes, dim)
+    linear('aux_head', num_classes, dim)
+    return sd
+
+
+# ---------------------------------------------------------------- forward
+
+def _ln(x, sd, name, eps):
+    return F.layer_norm(x, x.shape[-1:], sd[f'{name}.weight'],
+                        sd[f'{name}.bias'], eps)
+
+
+def _bn(x, sd, name):
+    return F.batch_norm(x, sd[f'{name}.running_mean'],
+                        sd[f'{name}.running_var'], sd[f'{name}.weight'],
+                        sd[f'{name}.bias'], training=False, eps=1e-5)
+
+
+def _lin(x, sd, name):
+    return F.linear(x, sd[f'{name}.weight'], sd[f'{name}.bias'])
+
+
+def _softmax_attention(q, k, v, heads):
+    """q: (B, N, C), k/v: (B, M, C) -> (B, N, C), explicit softmax."""
+    b, n, c = q.shape
+    d = c // heads
+    q = q.reshape(b, n, heads, d).permute(0, 2, 1, 3)
+    k = k.reshape(b, -1, heads, d).permute(0, 2, 1, 3)
+    v = v.reshape(b, -1, heads, d).permute(0, 2, 1, 3)
+    attn = (q @ k.transpose(-2, -1)) * d ** -0.5
+    return (attn.softmax(-1) @ v).permute(0, 2, 1, 3).reshape(b, n, c)
+
+
+def _ffn(x, sd, b, h, w):
+    x = _lin(x, sd, f'{b}.mlp.fc1')
+    bsz, n, c = x.shape
+    x = x.transpose(1, 2).reshape(bsz, c, h, w)
+    x = F.conv2d(x, sd[f'{b}.mlp.dwconv.dwconv.weight'],
+                 sd[f'{b}.mlp.dwconv.dwconv.bias'], padding=1, groups=c)
+    x = F.gelu(x.reshape(bsz, c, n).transpose(1, 2))
+    return _lin(x, sd, f'{b}.mlp.fc2')
+
+
+def _wave_attention(x, sd, b, h, w, heads, sr, dwt, idwt):
+    bsz, n, c = x.shape
+    q = _lin(x, sd, f'{b}.attn.q')
+    y = x.transpose(1, 2).reshape(bsz, c, h, w)
+    y = F.conv2d(y, sd[f'{b}.attn.reduce.0.weight'],
+                 sd[f'{b}.attn.reduce.0.bias'])
+    y = F.relu(_bn(y, sd, f'{b}.attn.reduce.1'))
+    low, (high, ) = dwt(y)
+    y = torch.cat([low] + [high[:, :, k] for k in range(3)], dim=1)
+    y = F.conv2d(y, sd[f'{b}.attn.filter.0.weight'],
+                 sd[f'{b}.attn.filter.0.bias'], padding=1)
+    y = F.relu(_bn(y, sd, f'{b}.attn.filter.1'))
+    quarter = c // 4
+    local = idwt((y[:, :quarter], [torch.stack(
+        [y[:, quarter * (k + 1):quarter * (k + 2)] for k in range(3)],
+        dim=2)]))
+    local = local.reshape(bsz, quarter, h * w).transpose(1, 2)
+    kv = F.conv2d(y, sd[f'{b}.attn.kv_embed.weight'],
+                  sd[f'{b}.attn.kv_embed.bias'], stride=sr)
+    kv = kv.reshape(bsz, c, -1).transpose(1, 2)
+    kv = _lin(_ln(kv, sd, f'{b}.attn.kv.0', 1e-5), sd, f'{b}.attn.kv.1')
+    out = _softmax_attention(q, kv[..., :c], kv[..., c:], heads)
+    return _lin(torch.cat([out, local], dim=-1), sd, f'{b}.attn.proj')
+
+
+def _global_attention(x, sd, b, heads):
+    c = x.shape[-1]
+    q = _lin(x, sd, f'{b}.attn.q')
+    kv = _lin(x, sd, f'{b}.attn.kv')
+    return _lin(_softmax_attention(q, kv[..., :c], kv[..., c:], heads), sd,
+                f'{b}.attn.proj')
+
+
+@torch.no_grad()
+def official_stage_outputs(sd: Dict[str, Tensor], arch, image: Tensor
+                           ) -> List[Tensor]:
+    """The four (B, C, H, W) stage outputs (after norm1..norm4) of the
+    official network with weights ``sd`` in eval mode; sizes divisible by
+    32 as the official code requires."""
+    cfg = ARCHS[arch] if isinstance(arch, str) else arch
+    sd = {k: v.double() if v.is_floating_point() else v
+          for k, v in sd.items()}
+    dwt = DWTForward(J=1, wave='haar', mode='zero').double()
+    idwt = DWTInverse(wave='haar', mode='zero').double()
+    x = image.double()
+    outs = []
+    for i in range(4):
+        if i == 0:
+            for k, stride in ((0, 2), (3, 1), (6, 1)):
+                wgt = sd[f'patch_embed1.conv.{k}.weight']
+                x = F.conv2d(x, wgt, stride=stride, padding=wgt.shape[-1] // 2)
+                x = F.relu(_bn(x, sd, f'patch_embed1.conv.{k + 1}'))
+        x = F.conv2d(x, sd[f'patch_embed{i + 1}.proj.weight'],
+                     sd[f'patch_embed{i + 1}.proj.bias'], stride=2, padding=1)
+        bsz, c, h, w = x.shape
+        x = _ln(x.flatten(2).transpose(1, 2), sd, f'patch_embed{i + 1}.norm',
+                1e-5)
+        for j in range(cfg['depths'][i]):
+            b = f'block{i + 1}.{j}'
+            y = _ln(x, sd, f'{b}.norm1', 1e-6)
+            if i < 2:
+                y = _wave_attention(y, sd, b, h, w, cfg['heads'][i],
+                                    cfg['sr'][i], dwt, idwt)
+            else:
+                y = _global_attention(y, sd, b, cfg['heads'][i])
+            x = x + y
+            x = x + _ffn(_ln(x, sd, f'{b}.norm2', 1e-6), sd, b, h, w)
+        x = _ln(x, sd, f'norm{i + 1}', 1e-6)
+        x = x.transpose(1, 2).reshape(bsz, c, h, w)
+        outs.append(x)
+    return outs

@@ -1,0 +1,58 @@
+"""``import wavevit_mm`` registers WaveViT where mmdet/mmseg users build."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from mmengine.registry import DefaultScope
+
+import wavevit_mm
+from wavevit_mm import WaveViT
+
+TINY = dict(stem_width=8, embed_dims=[16, 32, 48, 64], num_heads=[1, 2, 3, 4],
+            mlp_ratios=[2, 2, 2, 2], depths=[1, 1, 1, 1], sr_ratios=[4, 2, 1, 1])
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_builds_from_each_scope(scope):
+    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
+    with DefaultScope.overwrite_default_scope(scope):
+        model = registry.build(dict(type='WaveViT', arch=TINY,
+                                    out_indices=(0, 2)))
+    assert isinstance(model, WaveViT)
+    assert [o.shape[1] for o in model(torch.randn(1, 3, 32, 32))] == [16, 48]
+
+
+def test_registered_in_both_registries():
+    from mmdet.registry import MODELS as DET
+    from mmseg.registry import MODELS as SEG
+    assert DET.get('WaveViT') is WaveViT
+    assert SEG.get('WaveViT') is WaveViT
+    assert {'mmdet', 'mmseg'} <= set(wavevit_mm.register_all_modules())
+
+
+def test_config_file_with_custom_imports_builds_backbone(tmp_path):
+    """A fresh interpreter: only the config's custom_imports registers it."""
+    config = tmp_path / 'backbone.py'
+    config.write_text(textwrap.dedent(f'''
+        default_scope = 'mmdet'
+        custom_imports = dict(imports=['wavevit_mm'],
+                              allow_failed_imports=False)
+        model = dict(type='WaveViT', arch={TINY!r}, drop_path_rate=0.1)
+    '''))
+    script = textwrap.dedent(f'''
+        import sys, torch
+        from mmengine.config import Config
+        from mmdet.registry import MODELS
+        assert 'wavevit_mm' not in sys.modules
+        cfg = Config.fromfile({str(config)!r})
+        model = MODELS.build(cfg.model).eval()
+        outs = model(torch.randn(1, 3, 64, 64))
+        print(type(model).__name__, [tuple(o.shape) for o in outs])
+    ''')
+    result = subprocess.run([sys.executable, '-c', script],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert ('WaveViT [(1, 16, 16, 16), (1, 32, 8, 8), (1, 48, 4, 4), '
+            '(1, 64, 2, 2)]') in result.stdout

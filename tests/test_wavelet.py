@@ -1,0 +1,107 @@
+"""DWT2D / IDWT2D against pytorch_wavelets, the oracle."""
+import pytest
+import torch
+from pytorch_wavelets import DWTForward, DWTInverse
+
+from wavevit_mm.ops import DWT2D, IDWT2D, haar_dwt2d, haar_idwt2d
+
+SHAPES = [(2, 3, 8, 10), (1, 5, 7, 9), (2, 4, 6, 1), (1, 2, 1, 1),
+          (2, 16, 50, 76), (1, 3, 33, 47)]
+
+
+def oracle_dwt(x, wave='haar'):
+    low, (high, ) = DWTForward(J=1, wave=wave, mode='zero').to(x)(x)
+    return torch.cat([low, high[:, :, 0], high[:, :, 1], high[:, :, 2]], 1)
+
+
+def oracle_idwt(y, wave='haar'):
+    c = y.shape[1] // 4
+    high = torch.stack([y[:, c * k:c * (k + 1)] for k in (1, 2, 3)], dim=2)
+    return DWTInverse(wave=wave, mode='zero').to(y)((y[:, :c], [high]))
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_dwt_matches_pytorch_wavelets(shape, dtype):
+    x = torch.randn(shape, dtype=dtype)
+    out = DWT2D()(x)
+    expected = oracle_dwt(x)
+    assert out.shape == (shape[0], 4 * shape[1], (shape[2] + 1) // 2,
+                         (shape[3] + 1) // 2)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_idwt_matches_pytorch_wavelets(shape, dtype):
+    y = torch.randn(shape[0], 4 * shape[1], shape[2], shape[3], dtype=dtype)
+    out = IDWT2D()(y)
+    assert out.shape == (shape[0], shape[1], 2 * shape[2], 2 * shape[3])
+    torch.testing.assert_close(out, oracle_idwt(y), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_idwt_reconstructs_dwt_input(shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    rec = IDWT2D()(DWT2D()(x))
+    torch.testing.assert_close(rec[..., :shape[2], :shape[3]], x)
+    # the zero padding of odd sizes comes back as zeros
+    assert rec[..., shape[2]:, :].abs().sum() < 1e-12
+    assert rec[..., :, shape[3]:].abs().sum() < 1e-12
+
+
+def test_bfloat16_stays_bfloat16_and_close_to_float64():
+    x = torch.randn(2, 8, 12, 14, dtype=torch.float64)
+    y = DWT2D()(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.double(), oracle_dwt(x), atol=3e-2,
+                               rtol=2e-2)
+    z = IDWT2D()(y)
+    assert z.dtype == torch.bfloat16
+    torch.testing.assert_close(z.double(), x, atol=6e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize('shape', [(2, 3, 6, 4), (1, 2, 5, 7)])
+def test_dwt_gradients(shape):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(haar_dwt2d, (x, ))
+    assert torch.autograd.gradgradcheck(haar_dwt2d, (x, ))
+    # the same gradient as the oracle's autograd
+    weight = torch.randn(oracle_dwt(x).shape, dtype=torch.float64)
+    (grad, ) = torch.autograd.grad((haar_dwt2d(x) * weight).sum(), x)
+    (expected, ) = torch.autograd.grad((oracle_dwt(x) * weight).sum(), x)
+    torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize('shape', [(2, 12, 3, 4), (1, 8, 5, 1)])
+def test_idwt_gradients(shape):
+    y = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(haar_idwt2d, (y, ))
+    assert torch.autograd.gradgradcheck(haar_idwt2d, (y, ))
+    weight = torch.randn(shape[0], shape[1] // 4, 2 * shape[2], 2 * shape[3],
+                         dtype=torch.float64)
+    (grad, ) = torch.autograd.grad((haar_idwt2d(y) * weight).sum(), y)
+    (expected, ) = torch.autograd.grad((oracle_idwt(y) * weight).sum(), y)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_non_contiguous_input():
+    x = torch.randn(2, 10, 12, 6).permute(0, 3, 1, 2)  # channels-last view
+    torch.testing.assert_close(DWT2D()(x), oracle_dwt(x.contiguous()),
+                               atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize('wave', ['db2', 'sym3'])
+def test_other_wavelets_delegate_to_pytorch_wavelets(wave):
+    x = torch.randn(2, 3, 16, 20, dtype=torch.float64)
+    y = DWT2D(wave).double()(x)
+    torch.testing.assert_close(y, oracle_dwt(x, wave))
+    torch.testing.assert_close(IDWT2D(wave).double()(y), oracle_idwt(y, wave))
+
+
+def test_bad_inputs_name_the_problem():
+    with pytest.raises(ValueError, match='4\\*C channels'):
+        IDWT2D()(torch.randn(1, 6, 4, 4))
+    with pytest.raises(ValueError, match=r'\(B, C, H, W\)'):
+        DWT2D()(torch.randn(3, 8, 8))

@@ -1,0 +1,180 @@
+"""The WaveViT backbone: architecture, fidelity, training switches."""
+import copy
+
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from official_layout import official_stage_outputs, official_state_dict
+from wavevit_mm import WaveViT
+from wavevit_mm.checkpoint import convert_official
+
+DIMS = {'s': (64, 128, 320, 448), 'b': (64, 128, 320, 512),
+        'l': (96, 192, 384, 512)}
+TINY = dict(stem_width=8, embed_dims=[16, 32, 48, 64], num_heads=[1, 2, 3, 4],
+            mlp_ratios=[2, 2, 2, 2], depths=[1, 2, 1, 1], sr_ratios=[4, 2, 1, 1])
+
+
+def trainable_params(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize('arch,millions', [('s', 19.38), ('b', 29.34),
+                                           ('l', 53.30)])
+def test_parameter_count_matches_paper(arch, millions):
+    assert round(trainable_params(WaveViT(arch)) / 1e6, 2) == millions
+
+
+@pytest.mark.parametrize('arch', ['s', 'b', 'l'])
+def test_four_maps_at_strides_4_to_32(arch):
+    model = WaveViT(arch).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [
+        (1, c, 64 // s, 96 // s) for c, s in zip(DIMS[arch], (4, 8, 16, 32))]
+
+
+@pytest.mark.parametrize('shape', [(1, 3, 33, 47), (2, 3, 511, 767),
+                                   (1, 3, 17, 23), (1, 3, 1, 1),
+                                   (1, 3, 16, 500)])
+def test_any_input_size(shape):
+    model = WaveViT('s').eval()
+    with torch.no_grad():
+        outs = model(torch.randn(shape))
+    height, width = shape[2:]
+    for out, dim in zip(outs, DIMS['s']):
+        height, width = (height + 1) // 2, (width + 1) // 2
+        if out is outs[0]:
+            height, width = (height + 1) // 2, (width + 1) // 2
+        assert out.shape == (shape[0], dim, height, width)
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('arch,size', [('s', (64, 96)), ('b', (64, 64)),
+                                       ('l', (32, 64))])
+def test_same_weights_give_official_feature_maps(arch, size):
+    """Official-layout weights, converted, reproduce the official network's
+    four stage outputs (fp32 eval vs an fp64 reference implementation)."""
+    official = official_state_dict(arch, seed=1)
+    model = WaveViT(arch).eval()
+    converted, _ = convert_official(official)
+    model.load_state_dict(converted, strict=True)
+    image = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        outs = model(image)
+    expected = official_stage_outputs(official, arch, image)
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out.double(), ref, atol=5e-5, rtol=1e-5)
+
+
+def test_out_indices_selects_stages():
+    model = WaveViT(TINY, out_indices=(1, 3)).eval()
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [32, 64]
+
+
+def test_frozen_stages_freeze_stem_and_first_stages():
+    model = WaveViT(TINY, frozen_stages=2)
+    model.train()
+    for i, stage in enumerate(model.stages):
+        frozen = i < 2
+        assert all(p.requires_grad != frozen for p in stage.parameters())
+        assert all(m.training != frozen for m in stage.modules())
+    outs = model(torch.randn(2, 3, 64, 64))
+    sum(o.sum() for o in outs).backward()
+    assert all(p.grad is None for p in model.stages[0].parameters())
+    assert all(p.grad is not None for p in model.stages[3].parameters())
+
+
+def test_frozen_stem_only():
+    model = WaveViT(TINY, frozen_stages=0).train()
+    assert not any(p.requires_grad for p in model.stem.parameters())
+    assert not model.stem.training
+    assert all(p.requires_grad for p in model.stages[0].blocks.parameters())
+
+
+def test_norm_eval_keeps_batchnorm_statistics():
+    model = WaveViT(TINY, norm_eval=True).train()
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    assert norms and not any(m.training for m in norms)
+    before = [m.running_mean.clone() for m in norms]
+    model(torch.randn(2, 3, 64, 64))
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms))
+    assert model.stages[2].training
+
+
+def test_with_cp_same_outputs_gradients_and_statistics():
+    torch.manual_seed(0)
+    plain = WaveViT(TINY, drop_path_rate=0.2)
+    plain.init_weights()
+    checkpointed = WaveViT(TINY, drop_path_rate=0.2, with_cp=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    image = torch.randn(2, 3, 64, 64)
+    results = []
+    for model in (plain, checkpointed):
+        model.train()
+        torch.manual_seed(1)
+        x = image.clone().requires_grad_()
+        outs = model(x)
+        sum((o * o).mean() for o in outs).backward()
+        results.append((outs, x.grad,
+                        {n: p.grad for n, p in model.named_parameters()},
+                        copy.deepcopy(model.state_dict())))
+    (outs_a, gx_a, grads_a, state_a), (outs_b, gx_b, grads_b, state_b) = \
+        results
+    for a, b in zip(outs_a, outs_b):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(gx_a, gx_b)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+    # BatchNorm running statistics are updated once, not again on recompute
+    for name in state_a:
+        torch.testing.assert_close(state_a[name], state_b[name], msg=name)
+
+
+def test_with_cp_saves_activation_memory():
+    """Checkpointed blocks keep only their inputs for backward."""
+    def saved_bytes(with_cp):
+        model = WaveViT(TINY, with_cp=with_cp).train()
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(torch.randn(2, 3, 128, 128))
+        return total
+    assert saved_bytes(True) < 0.5 * saved_bytes(False)
+
+
+def test_init_weights_follows_official_scheme():
+    model = WaveViT(TINY)
+    model.init_weights()
+    linear = model.stages[2].blocks[0].attn.q
+    assert linear.bias.abs().sum() == 0
+    assert 0.01 < linear.weight.std() < 0.03
+    conv = model.stem.conv[0]
+    fan_out = 7 * 7 * TINY['stem_width']
+    assert abs(conv.weight.std().item() - (2 / fan_out)**0.5) < 0.02
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(arch='xl'), "Unknown Wave-ViT arch 'xl'"),
+    (dict(arch={**TINY, 'depths': [1, 1, 1]}), 'depths has 3'),
+    (dict(arch={**TINY, 'num_heads': [3, 2, 3, 4]}),
+     'stage 1 embed dim 16 is not divisible by its 3 heads'),
+    (dict(arch={k: v for k, v in TINY.items() if k != 'sr_ratios'}),
+     "missing \\['sr_ratios'\\]"),
+    (dict(arch='s', out_indices=(0, 4)), 'out_indices must be'),
+    (dict(arch='s', frozen_stages=5), 'frozen_stages must be in'),
+])
+def test_bad_config_errors_name_the_problem(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        WaveViT(**kwargs)
+
+
+def test_arch_presets_are_case_insensitive_and_not_shared():
+    a = WaveViT('S')
+    a.arch['depths'][0] = 99
+    assert WaveViT('s').arch['depths'][0] == 3
