@@ -1,0 +1,27 @@
+# RetinaNet + FPN, Wave-ViT-S, 1x schedule (12 epochs), single scale 1333x800.
+# Reference (paper): box AP 45.8 with 8 GPUs x 2 images.
+_base_ = [
+    'mmdet::_base_/models/retinanet_r50_fpn.py',
+    'mmdet::_base_/datasets/coco_detection.py',
+    'mmdet::_base_/schedules/schedule_1x.py',
+    'mmdet::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['wavevit_mm'], allow_failed_imports=False)
+
+pretrained = 'checkpoints/wavevit_s.pth'
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='WaveViT',
+        arch='s',
+        drop_path_rate=0.1,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(
+        in_channels=[64, 128, 320, 448],
+        start_level=1,
+        add_extra_convs='on_input'))
+
+optim_wrapper = dict(
+    optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, weight_decay=1e-4))
+train_dataloader = dict(batch_size=2)  # x 8 GPUs
+auto_scale_lr = dict(base_batch_size=16)

@@ -1,0 +1,32 @@
+"""Predict on one image and save a drawing of the boxes and masks (or the
+segmentation overlay)."""
+import argparse
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('image', help='image file')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--out-file', default='result.png',
+                        help='where to save the drawing')
+    parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='detection: lowest score drawn')
+    parser.add_argument('--opacity', type=float, default=0.5,
+                        help='segmentation: overlay opacity in (0, 1]')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    from wavevit_mm.demo import describe, run_demo
+    result = run_demo(args.image, args.config, args.checkpoint,
+                      args.out_file, args.device, args.score_thr,
+                      args.opacity)
+    print(f'{describe(result, args.score_thr)}; drawing saved to '
+          f'{args.out_file}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,47 @@
+"""Evaluate a checkpoint of a detector or segmentor on its test set."""
+import argparse
+
+from mmengine.config import Config, DictAction
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the metrics')
+    parser.add_argument('--out', help='detection: dump the predictions to '
+                        'this .pkl file; segmentation: write the predicted '
+                        'label maps to this directory')
+    parser.add_argument('--show-dir', help='draw the predictions on the '
+                        'images and save them under this directory')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation (config: tta_model, '
+                        'tta_pipeline)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    from mmengine.runner import Runner
+    from wavevit_mm import runner as setup
+
+    setup.local_rank_env(args.local_rank)
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    setup.setup_work_dir(cfg, args.config, args.work_dir)
+    setup.apply_test_options(cfg, args.checkpoint, args.out, args.show_dir,
+                             args.tta)
+    setup.setup_cpu_distributed(cfg, args.launcher)
+    runner = Runner.from_cfg(cfg)
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,90 @@
+"""Model complexity (multiply-adds and parameters) with mmengine's
+analysis tools, for whole detectors/segmentors built from configs."""
+import copy
+from typing import Dict, Optional, Tuple
+
+import torch
+from mmengine.analysis import FlopAnalyzer, parameter_count
+from mmengine.analysis.jit_handles import get_shape
+from mmengine.analysis.print_helper import _format_size
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from torch import nn
+
+from .runner import scope_of
+
+
+def build_model(cfg: Config, load_pretrained: bool = False) -> nn.Module:
+    """The config's model in eval mode; the backbone's pretrained weights
+    are only loaded when asked for."""
+    cfg = copy.deepcopy(cfg)
+    scope = scope_of(cfg)
+    init_default_scope(scope)
+    if not load_pretrained:
+        cfg.model.backbone.init_cfg = None
+    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
+    model = registry.build(cfg.model)
+    model.init_weights()
+    return model.eval()
+
+
+def _attention_flop_jit(inputs, outputs) -> int:
+    """Multiply-adds of scaled_dot_product_attention: Q K^T and A V."""
+    q_shape, k_shape = get_shape(inputs[0]), get_shape(inputs[1])
+    *batch, queries, head_dim = q_shape
+    keys = k_shape[-2]
+    value_dim = get_shape(inputs[2])[-1]
+    count = 1
+    for size in batch:
+        count *= size
+    return count * queries * keys * (head_dim + value_dim)
+
+
+def count_complexity(model: nn.Module, inputs: tuple) -> Dict:
+    """mmengine's counter, plus fused attention, which it does not know."""
+    analyzer = FlopAnalyzer(model, inputs)
+    analyzer.set_op_handle(
+        'aten::scaled_dot_product_attention', _attention_flop_jit)
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    flops = analyzer.total()
+    params = parameter_count(model)['']
+    return dict(flops=flops, params=params, flops_str=_format_size(flops),
+                params_str=_format_size(params), analyzer=analyzer)
+
+
+class _TensorForward(nn.Module):
+    """model._forward(inputs, data_samples) with fixed data samples, so the
+    tracer sees a single tensor argument."""
+
+    def __init__(self, model: nn.Module, data_samples) -> None:
+        super().__init__()
+        self.model = model
+        self.data_samples = data_samples
+
+    def forward(self, inputs: torch.Tensor):
+        return self.model._forward(inputs, self.data_samples)
+
+
+def dummy_inputs(scope: str, shape: Tuple[int, int], batch_size: int = 1
+                 ) -> Tuple[torch.Tensor, Optional[list]]:
+    """A normalised image batch and matching data samples of ``shape``."""
+    inputs = torch.randn(batch_size, 3, *shape)
+    meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape,
+                batch_input_shape=shape, scale_factor=(1.0, 1.0))
+    if scope == 'mmdet':
+        from mmdet.structures import DetDataSample
+        samples = [DetDataSample(metainfo=meta) for _ in range(batch_size)]
+    else:
+        from mmseg.structures import SegDataSample
+        samples = [SegDataSample(metainfo=meta) for _ in range(batch_size)]
+    return inputs, samples
+
+
+def model_complexity(cfg: Config, shape: Tuple[int, int]) -> Dict:
+    """Multiply-adds ('flops' in mmengine's naming) and parameters of the
+    whole model for one image of ``shape`` (H, W)."""
+    model = build_model(cfg)
+    inputs, samples = dummy_inputs(scope_of(cfg), shape)
+    with torch.no_grad():
+        return count_complexity(_TensorForward(model, samples), (inputs, ))

@@ -1,0 +1,67 @@
+"""Inference on one image and a drawing of the result, for
+``tools/image_demo.py``: boxes and masks with mmdet's visualizer, or the
+segmentation overlay with mmseg's."""
+import os
+from typing import Optional
+
+import numpy as np
+from mmengine.config import Config
+
+from .runner import scope_of
+
+
+def read_image(path: str) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) image; grayscale and RGBA files are converted.
+
+    Raises FileNotFoundError / ValueError naming the file when it is
+    missing or not a readable image.
+    """
+    import mmcv
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'image file not found: {path}')
+    image = mmcv.imread(path, flag='color', channel_order='rgb')
+    if image is None:
+        raise ValueError(f'{path} is not an image file that OpenCV can read')
+    return image
+
+
+def run_demo(image_path: str, config: str, checkpoint: str, out_file: str,
+             device: str = 'cpu', score_thr: float = 0.3,
+             opacity: float = 0.5) -> object:
+    """Predict on ``image_path`` and write the drawing to ``out_file``.
+
+    Returns the prediction (a DetDataSample or SegDataSample).
+    """
+    image = read_image(image_path)
+    cfg = Config.fromfile(config)
+    scope = scope_of(cfg)
+    out_dir = os.path.dirname(os.path.abspath(out_file))
+    os.makedirs(out_dir, exist_ok=True)
+    if scope == 'mmdet':
+        from mmdet.apis import inference_detector, init_detector
+        from mmdet.registry import VISUALIZERS
+        model = init_detector(cfg, checkpoint, device=device)
+        result = inference_detector(model, image[..., ::-1].copy())  # BGR
+        visualizer = VISUALIZERS.build(model.cfg.visualizer)
+        visualizer.dataset_meta = model.dataset_meta
+        visualizer.add_datasample(
+            'result', image, data_sample=result, draw_gt=False, show=False,
+            out_file=out_file, pred_score_thr=score_thr)
+    else:
+        from mmseg.apis import inference_model, init_model, show_result_pyplot
+        model = init_model(cfg, checkpoint, device=device)
+        result = inference_model(model, image[..., ::-1].copy())
+        show_result_pyplot(model, image, result, opacity=opacity,
+                           show=False, draw_gt=False, out_file=out_file,
+                           save_dir=None)
+    return result
+
+
+def describe(result: object, score_thr: Optional[float] = 0.3) -> str:
+    """One line about a prediction, for the command line."""
+    if hasattr(result, 'pred_instances'):
+        scores = result.pred_instances.scores
+        kept = int((scores >= score_thr).sum()) if score_thr else len(scores)
+        return f'{kept} objects with score >= {score_thr}'
+    labels = result.pred_sem_seg.data.unique().tolist()
+    return f'classes present: {labels}'
