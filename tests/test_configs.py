@@ -52,6 +52,8 @@ def test_config_builds_and_runs_forward(path):
             flat.append(item)
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
+        elif hasattr(item, 'values'):  # dicts and mmengine data elements
+            stack.extend(item.values())
     assert flat and all(torch.isfinite(t).all() for t in flat)
 
 

@@ -67,6 +67,20 @@ def test_same_weights_give_official_feature_maps(arch, size):
         torch.testing.assert_close(out.double(), ref, atol=5e-5, rtol=1e-5)
 
 
+def test_outputs_are_contiguous_nchw():
+    """mmcv's CPU RoIAlign reads raw NCHW memory: a channels-last view
+    would give the RoI heads scrambled features."""
+    from mmcv.ops import roi_align
+    model = WaveViT(TINY).eval()
+    rois = torch.tensor([[0., 2., 3., 10., 12.]])
+    for out in model(torch.randn(1, 3, 64, 64)):
+        assert out.is_contiguous()
+        pooled = roi_align(out, rois, (3, 3), 0.25, 2, 'avg', True)
+        expected = roi_align(out.clone(memory_format=torch.contiguous_format),
+                             rois, (3, 3), 0.25, 2, 'avg', True)
+        torch.testing.assert_close(pooled, expected)
+
+
 def test_out_indices_selects_stages():
     model = WaveViT(TINY, out_indices=(1, 3)).eval()
     outs = model(torch.randn(1, 3, 64, 64))

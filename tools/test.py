@@ -40,7 +40,8 @@ def main():
                              args.tta)
     setup.setup_cpu_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
-    runner.test()
+    with setup.safe_checkpoint_loading():
+        runner.test()
 
 
 if __name__ == '__main__':

@@ -40,7 +40,8 @@ def main():
     setup.apply_train_options(cfg, args.amp, args.auto_scale_lr, args.resume)
     setup.setup_cpu_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
-    runner.train()
+    with setup.safe_checkpoint_loading():
+        runner.train()
 
 
 if __name__ == '__main__':

@@ -74,7 +74,11 @@ def dummy_inputs(scope: str, shape: Tuple[int, int], batch_size: int = 1
                 batch_input_shape=shape, scale_factor=(1.0, 1.0))
     if scope == 'mmdet':
         from mmdet.structures import DetDataSample
+        from mmengine.structures import InstanceData
         samples = [DetDataSample(metainfo=meta) for _ in range(batch_size)]
+        for sample in samples:  # query-based heads read (empty) targets
+            sample.gt_instances = InstanceData(
+                bboxes=torch.zeros(0, 4), labels=torch.zeros(0).long())
     else:
         from mmseg.structures import SegDataSample
         samples = [SegDataSample(metainfo=meta) for _ in range(batch_size)]

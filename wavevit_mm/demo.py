@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 from mmengine.config import Config
 
-from .runner import scope_of
+from .runner import safe_checkpoint_loading, scope_of
 
 
 def read_image(path: str) -> np.ndarray:
@@ -40,7 +40,8 @@ def run_demo(image_path: str, config: str, checkpoint: str, out_file: str,
     if scope == 'mmdet':
         from mmdet.apis import inference_detector, init_detector
         from mmdet.registry import VISUALIZERS
-        model = init_detector(cfg, checkpoint, device=device)
+        with safe_checkpoint_loading():
+            model = init_detector(cfg, checkpoint, device=device)
         result = inference_detector(model, image[..., ::-1].copy())  # BGR
         visualizer = VISUALIZERS.build(model.cfg.visualizer)
         visualizer.dataset_meta = model.dataset_meta
@@ -49,7 +50,8 @@ def run_demo(image_path: str, config: str, checkpoint: str, out_file: str,
             out_file=out_file, pred_score_thr=score_thr)
     else:
         from mmseg.apis import inference_model, init_model, show_result_pyplot
-        model = init_model(cfg, checkpoint, device=device)
+        with safe_checkpoint_loading():
+            model = init_model(cfg, checkpoint, device=device)
         result = inference_model(model, image[..., ::-1].copy())
         show_result_pyplot(model, image, result, opacity=opacity,
                            show=False, draw_gt=False, out_file=out_file,

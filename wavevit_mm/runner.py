@@ -6,16 +6,30 @@ Runner builds everything from the registries of the config's
 
 * distributed runs on machines without GPUs (gloo backend, CPU DDP), so
   ``tools/dist_train.sh CONFIG 2`` works on a laptop;
+* safe checkpoint loading: torch >= 2.6 loads with ``weights_only=True``,
+  which refuses mmengine's own checkpoints (message-hub buffers, numpy
+  values); :func:`safe_checkpoint_loading` allow-lists exactly those types
+  for ``load_from``, ``--resume`` and testing;
 * the OpenMMLab command-line switches (``--amp``, ``--auto-scale-lr``,
   ``--resume``, ``--out``, ``--show-dir``, ``--tta``) applied to the config.
 """
+import contextlib
 import os
 import os.path as osp
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
+
+
+@contextlib.contextmanager
+def safe_checkpoint_loading() -> Iterator[None]:
+    """Let ``torch.load(weights_only=True)`` read checkpoints written by
+    mmengine's Runner, and nothing that could run code."""
+    from .checkpoint import SAFE_GLOBALS
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        yield
 
 
 def scope_of(cfg: Config) -> str:

@@ -4,8 +4,11 @@ Coloured circles, squares and triangles on textured backgrounds. The COCO
 set is an ``instances_*.json`` file (circles as RLE masks, squares and
 triangles as polygons) plus JPEG images; the ADE20K set is the
 ``images/{training,validation}/*.jpg`` + ``annotations/.../*.png`` layout with
-label maps where 0 means "unlabelled" (``reduce_zero_label=True``), 1 is the
-background and 2-4 the shapes.
+genuine ADE20K label maps: 0 is "unlabelled" (``reduce_zero_label=True``) and
+k + 1 is ADE20K class k. The shapes are labelled with ADE20K classes that
+stand in for them (the background is a 'wall', circles are 'ball', squares
+'box', triangles 'tent'), so mmseg's ADE20KDataset reads them unchanged and
+maps the four classes to 0-3.
 
 Usage::
 
@@ -25,8 +28,10 @@ from pycocotools import mask as mask_utils
 CLASSES = ('circle', 'square', 'triangle')
 # each class has its own hue range so a small model learns it quickly
 CLASS_COLORS = ((220, 60, 50), (60, 190, 70), (50, 90, 220))
-SEG_CLASSES = ('background', ) + CLASSES
-SEG_PALETTE = [[120, 120, 120], [220, 60, 50], [60, 190, 70], [50, 90, 220]]
+# ADE20K classes standing in for background, circle, square, triangle, and
+# their indices among ADE20K's 150 classes
+SEG_CLASSES = ('wall', 'ball', 'box', 'tent')
+SEG_ADE20K_INDICES = (0, 119, 41, 114)
 ADE_SPLITS = {'train': 'training', 'val': 'validation'}
 
 
@@ -165,8 +170,8 @@ def make_ade20k(root: str, num_train: int = 200, num_val: int = 50,
                 image_size: Tuple[int, int] = (128, 128), seed: int = 0
                 ) -> None:
     """Write ``root/images/{training,validation}/*.jpg`` and the matching
-    ``root/annotations/.../*.png`` label maps (0 unlabelled, 1 background,
-    2 + class index for the shapes)."""
+    ``root/annotations/.../*.png`` ADE20K label maps (0 unlabelled, ADE20K
+    class index + 1 elsewhere, see :data:`SEG_CLASSES`)."""
     height, width = image_size
     for split, count in (('train', num_train), ('val', num_val)):
         rng = np.random.default_rng([seed, 2 if split == 'train' else 3])
@@ -176,9 +181,11 @@ def make_ade20k(root: str, num_train: int = 200, num_val: int = 50,
         os.makedirs(label_dir, exist_ok=True)
         for index in range(count):
             image, instances = render_image(rng, height, width)
-            label_map = np.ones((height, width), dtype=np.uint8)
+            label_map = np.full((height, width), SEG_ADE20K_INDICES[0] + 1,
+                                dtype=np.uint8)
             for inst in instances:
-                label_map[inst['mask']] = inst['label'] + 2
+                label_map[inst['mask']] = \
+                    SEG_ADE20K_INDICES[inst['label'] + 1] + 1
             name = f'ADE_toy_{index:08d}'
             Image.fromarray(image).save(
                 os.path.join(image_dir, name + '.jpg'), quality=95)

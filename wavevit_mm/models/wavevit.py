@@ -266,7 +266,10 @@ class WaveViT(BaseModule):
         with_cp: activation checkpointing per block to save memory.
         norm_cfg: BatchNorm config of the stem and the wavelet branches.
         init_cfg: mmengine init config; ``dict(type='Pretrained',
-            checkpoint=PATH)`` loads backbone weights strictly.
+            checkpoint=PATH)`` loads backbone weights strictly from an
+            official ImageNet checkpoint, a converted one or a whole
+            mmdet/mmseg model (see :mod:`wavevit_mm.checkpoint`);
+            ``trusted=True`` also unpickles files that could run code.
     """
 
     arch_zoo: Dict[str, Dict] = {
@@ -389,7 +392,8 @@ class WaveViT(BaseModule):
                 self.init_cfg.get('type') == 'Pretrained':
             from ..checkpoint import load_pretrained
             load_pretrained(self, self.init_cfg['checkpoint'],
-                            prefix=self.init_cfg.get('prefix'))
+                            prefix=self.init_cfg.get('prefix'),
+                            trusted=self.init_cfg.get('trusted', False))
             return
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -436,7 +440,9 @@ class WaveViT(BaseModule):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                outs.append(x)
+                # x is a channels-last view; necks and mmcv ops (RoIAlign's
+                # CPU kernel reads raw NCHW memory) expect contiguous maps
+                outs.append(x.contiguous())
             if i == self.out_indices[-1]:
                 break
         return tuple(outs)

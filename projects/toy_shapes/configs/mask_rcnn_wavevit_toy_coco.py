@@ -56,15 +56,14 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
-max_epochs = 24
+max_epochs = 12  # 50 iterations each
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
          end=100),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
-         milestones=[18, 22], gamma=0.1),
+         milestones=[9, 11], gamma=0.1),
 ]
-optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=1e-4))
 auto_scale_lr = dict(base_batch_size=4)
 default_hooks = dict(
     logger=dict(interval=25),

@@ -56,7 +56,6 @@ param_scheduler = [
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
          milestones=[9, 11], gamma=0.1),
 ]
-optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=1e-4))
 auto_scale_lr = dict(base_batch_size=4)
 default_hooks = dict(
     logger=dict(interval=25),
