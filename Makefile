@@ -28,8 +28,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -c "import torch, wavevit_mm; m = wavevit_mm.WaveViT('s').eval(); \
-	print([tuple(o.shape) for o in m(torch.randn(1, 3, 224, 224))])"
+	PYTHON=$(abspath $(PY)) bash projects/toy_shapes/demo.sh
 
 clean:
 	rm -rf $(VENV) work_dirs

@@ -86,8 +86,19 @@ def test_idwt_gradients(shape):
     torch.testing.assert_close(grad, expected)
 
 
-def test_non_contiguous_input():
+def test_channels_last_input_keeps_its_layout():
     x = torch.randn(2, 10, 12, 6).permute(0, 3, 1, 2)  # channels-last view
+    y = DWT2D()(x)
+    torch.testing.assert_close(y, oracle_dwt(x.contiguous()),
+                               atol=1e-6, rtol=1e-6)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    z = IDWT2D()(y)
+    assert z.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(z, x, atol=1e-6, rtol=1e-6)
+
+
+def test_other_strided_input():
+    x = torch.randn(2, 3, 16, 20)[:, :, ::2, 1:13]
     torch.testing.assert_close(DWT2D()(x), oracle_dwt(x.contiguous()),
                                atol=1e-6, rtol=1e-6)
 

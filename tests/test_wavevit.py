@@ -81,6 +81,37 @@ def test_outputs_are_contiguous_nchw():
         torch.testing.assert_close(pooled, expected)
 
 
+def test_explicit_attention_gives_the_same_outputs():
+    fused = WaveViT(TINY).eval()
+    explicit = WaveViT(TINY, fused_attn=False).eval()
+    explicit.load_state_dict(fused.state_dict())
+    image = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(fused(image), explicit(image)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_no_attention_matrix_is_kept_for_backward():
+    """Fused attention saves (N, d)-sized tensors, never (N, M) scores."""
+    model = WaveViT(TINY).train()
+    tokens_stage3 = (128 // 16) * (160 // 16)
+
+    def largest_square(fused_attn):
+        model.apply(lambda m: setattr(m, 'fused_attn', fused_attn)
+                    if hasattr(m, 'fused_attn') else None)
+        shapes = []
+
+        def pack(t):
+            shapes.append(tuple(t.shape))
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(torch.randn(1, 3, 128, 160))
+        return any(len(s) >= 2 and s[-1] == s[-2] == tokens_stage3
+                   for s in shapes)
+    assert largest_square(False)   # the check sees explicit score matrices
+    assert not largest_square(True)
+
+
 def test_out_indices_selects_stages():
     model = WaveViT(TINY, out_indices=(1, 3)).eval()
     outs = model(torch.randn(1, 3, 64, 64))

@@ -42,6 +42,19 @@ def map_to_tokens(x: Tensor) -> Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, fused: bool = True) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v over (B, heads, N, d) tensors.
+
+    ``fused`` uses ``F.scaled_dot_product_attention``, which never keeps the
+    (N, M) attention matrix; the explicit form is the official formulation,
+    kept for inspection and comparison.
+    """
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v)
+    attn = (q * q.shape[-1]**-0.5) @ k.transpose(-2, -1)
+    return attn.softmax(dim=-1) @ v
+
+
 class FFN(nn.Module):
     """PVTv2 feed-forward: Linear -> depthwise 3x3 conv -> GELU -> Linear."""
 
@@ -62,9 +75,11 @@ class FFN(nn.Module):
 class Attention(nn.Module):
     """Global multi-head self-attention (Wave-ViT stages 3 and 4)."""
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, fused_attn: bool = True
+                 ) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.fused_attn = fused_attn
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, dim * 2)
         self.proj = nn.Linear(dim, dim)
@@ -75,7 +90,7 @@ class Attention(nn.Module):
         q = self.q(x).view(batch, num_tokens, heads, -1).transpose(1, 2)
         k, v = self.kv(x).view(batch, num_tokens, 2, heads, -1).permute(
             2, 0, 3, 1, 4).unbind(0)                     # (B, heads, N, d)
-        x = F.scaled_dot_product_attention(q, k, v)
+        x = attend(q, k, v, self.fused_attn)
         return self.proj(x.transpose(1, 2).reshape(batch, num_tokens, dim))
 
 
@@ -92,11 +107,12 @@ class WaveletAttention(nn.Module):
                  dim: int,
                  num_heads: int,
                  sr_ratio: int,
-                 norm_cfg: Dict = dict(type='BN', requires_grad=True)
-                 ) -> None:
+                 norm_cfg: Dict = dict(type='BN', requires_grad=True),
+                 fused_attn: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.sr_ratio = sr_ratio
+        self.fused_attn = fused_attn
         reduced = dim // 4
         self.q = nn.Linear(dim, dim)
         self.reduce = nn.Sequential(
@@ -130,7 +146,7 @@ class WaveletAttention(nn.Module):
         k, v = kv.view(batch, -1, 2, heads, dim // heads).permute(
             2, 0, 3, 1, 4).unbind(0)                          # (B, heads, M, d)
 
-        x = F.scaled_dot_product_attention(q, k, v)           # (B, heads, N, d)
+        x = attend(q, k, v, self.fused_attn)                  # (B, heads, N, d)
         x = x.transpose(1, 2).reshape(batch, num_tokens, dim)
         return self.proj(torch.cat([x, map_to_tokens(local)], dim=-1))
 
@@ -146,13 +162,14 @@ class Block(nn.Module):
                  wavelet: bool,
                  drop_path: float = 0.,
                  norm_cfg: Dict = dict(type='BN', requires_grad=True),
-                 with_cp: bool = False) -> None:
+                 with_cp: bool = False,
+                 fused_attn: bool = True) -> None:
         super().__init__()
         self.with_cp = with_cp
         self.norm1 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
         self.attn = (
-            WaveletAttention(dim, num_heads, sr_ratio, norm_cfg)
-            if wavelet else Attention(dim, num_heads))
+            WaveletAttention(dim, num_heads, sr_ratio, norm_cfg, fused_attn)
+            if wavelet else Attention(dim, num_heads, fused_attn))
         self.norm2 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
         self.mlp = FFN(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -265,6 +282,8 @@ class WaveViT(BaseModule):
         norm_eval: keep BatchNorm layers in eval mode while training.
         with_cp: activation checkpointing per block to save memory.
         norm_cfg: BatchNorm config of the stem and the wavelet branches.
+        fused_attn: fused attention (``F.scaled_dot_product_attention``);
+            False computes the attention matrix explicitly.
         init_cfg: mmengine init config; ``dict(type='Pretrained',
             checkpoint=PATH)`` loads backbone weights strictly from an
             official ImageNet checkpoint, a converted one or a whole
@@ -295,6 +314,7 @@ class WaveViT(BaseModule):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  norm_cfg: Dict = dict(type='BN', requires_grad=True),
+                 fused_attn: bool = True,
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.arch = self.parse_arch(arch)
@@ -319,7 +339,7 @@ class WaveViT(BaseModule):
             blocks = [
                 Block(dims[i], arch['num_heads'][i], arch['mlp_ratios'][i],
                       arch['sr_ratios'][i], i < self.num_wavelet_stages,
-                      drop_rates[first + j], norm_cfg, with_cp)
+                      drop_rates[first + j], norm_cfg, with_cp, fused_attn)
                 for j in range(arch['depths'][i])
             ]
             downsample = (

@@ -20,24 +20,40 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _is_channels_last(x: Tensor) -> bool:
+    return (not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
 def _haar_dwt(x: Tensor) -> Tensor:
-    """(B, C, H, W) -> (B, 4C, ceil(H/2), ceil(W/2)), no autograd logic."""
+    """(B, C, H, W) -> (B, 4C, ceil(H/2), ceil(W/2)), no autograd logic.
+
+    Each output element is read from its 2x2 input block once through
+    strided views and written once into a preallocated band buffer; a
+    channels-last input gives a channels-last output.
+    """
     batch, channels, height, width = x.shape
     if height % 2 or width % 2:
         x = F.pad(x, (0, width % 2, 0, height % 2))
-    # (B, C, h, 2, w, 2): row parity on dim 3, column parity on dim 5.
-    x = x.reshape(batch, channels, x.shape[2] // 2, 2, x.shape[3] // 2, 2)
-    top, bottom = x[:, :, :, 0], x[:, :, :, 1]            # (B, C, h, w, 2)
-    row_sum, row_diff = (top + bottom) * 0.5, (top - bottom) * 0.5
-    bands = torch.stack(
-        (
-            row_sum[..., 0] + row_sum[..., 1],    # LL
-            row_diff[..., 0] + row_diff[..., 1],  # LH: high-pass along H
-            row_sum[..., 0] - row_sum[..., 1],    # HL: high-pass along W
-            row_diff[..., 0] - row_diff[..., 1],  # HH
-        ),
-        dim=1)                                     # (B, 4, C, h, w)
-    return bands.flatten(1, 2)
+    h, w = x.shape[2] // 2, x.shape[3] // 2
+    blocks = x.reshape(batch, channels, h, 2, w, 2)  # a view for both layouts
+    top_left, top_right = blocks[:, :, :, 0, :, 0], blocks[:, :, :, 0, :, 1]
+    bottom_left = blocks[:, :, :, 1, :, 0]
+    bottom_right = blocks[:, :, :, 1, :, 1]
+    if _is_channels_last(x):
+        out = x.new_empty(batch, h, w, 4, channels).permute(0, 3, 4, 1, 2)
+    else:
+        out = x.new_empty(batch, 4, channels, h, w)
+    # the orthonormal 1/2 is folded into lerp(a, b, 0.5) = (a + b) / 2
+    top_mean = torch.lerp(top_left, top_right, 0.5)
+    bottom_mean = torch.lerp(bottom_left, bottom_right, 0.5)
+    torch.add(top_mean, bottom_mean, out=out[:, 0])   # LL
+    torch.sub(top_mean, bottom_mean, out=out[:, 1])   # LH: high-pass along H
+    del top_mean, bottom_mean
+    top_diff, bottom_diff = top_left - top_right, bottom_left - bottom_right
+    torch.lerp(top_diff, bottom_diff, 0.5, out=out[:, 2])  # HL: along W
+    torch.sub(out[:, 2], bottom_diff, out=out[:, 3])       # HH
+    return out.flatten(1, 2)
 
 
 def _haar_idwt(x: Tensor) -> Tensor:
@@ -47,13 +63,25 @@ def _haar_idwt(x: Tensor) -> Tensor:
         raise ValueError(
             f'IDWT2D expects 4*C channels (LL, LH, HL, HH bands), got '
             f'{channels4} channels')
-    ll, lh, hl, hh = x.view(batch, 4, channels4 // 4, height, width).unbind(1)
-    low_sum, low_diff = (ll + hl) * 0.5, (ll - hl) * 0.5    # columns even/odd
-    high_sum, high_diff = (lh + hh) * 0.5, (lh - hh) * 0.5
-    top = torch.stack((low_sum + high_sum, low_diff + high_diff), dim=-1)
-    bottom = torch.stack((low_sum - high_sum, low_diff - high_diff), dim=-1)
-    out = torch.stack((top, bottom), dim=3)       # (B, C, h, 2, w, 2)
-    return out.reshape(batch, channels4 // 4, 2 * height, 2 * width)
+    channels = channels4 // 4
+    ll, lh, hl, hh = x.unflatten(1, (4, channels)).unbind(1)
+    if _is_channels_last(x):
+        memory = x.new_empty(batch, height, 2, width, 2, channels)
+        blocks = memory.permute(0, 5, 1, 2, 3, 4)    # (B, C, h, 2, w, 2)
+    else:
+        blocks = x.new_empty(batch, channels, height, 2, width, 2)
+    low_mean, high_mean = torch.lerp(ll, lh, 0.5), torch.lerp(hl, hh, 0.5)
+    torch.add(low_mean, high_mean, out=blocks[:, :, :, 0, :, 0])
+    torch.sub(low_mean, high_mean, out=blocks[:, :, :, 0, :, 1])
+    del low_mean, high_mean
+    low_diff, high_diff = ll - lh, hl - hh
+    torch.lerp(low_diff, high_diff, 0.5, out=blocks[:, :, :, 1, :, 0])
+    torch.sub(blocks[:, :, :, 1, :, 0], high_diff,
+              out=blocks[:, :, :, 1, :, 1])
+    if _is_channels_last(x):
+        return memory.view(batch, 2 * height, 2 * width,
+                           channels).permute(0, 3, 1, 2)
+    return blocks.view(batch, channels, 2 * height, 2 * width)
 
 
 class _HaarDWTFunction(torch.autograd.Function):

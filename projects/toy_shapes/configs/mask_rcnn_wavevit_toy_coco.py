@@ -65,6 +65,7 @@ param_scheduler = [
          milestones=[9, 11], gamma=0.1),
 ]
 auto_scale_lr = dict(base_batch_size=4)
+randomness = dict(seed=0)
 default_hooks = dict(
     logger=dict(interval=25),
     checkpoint=dict(interval=max_epochs // 2, max_keep_ckpts=2))

@@ -1,0 +1,73 @@
+"""Side-by-side speed and memory of Wave-ViT and mmdet backbones, and of the
+Haar transforms against pytorch_wavelets, measured in one run."""
+import argparse
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--shape', type=int, nargs=2, default=[800, 1216],
+                        metavar=('H', 'W'), help='input size for latency')
+    parser.add_argument('--batch-size', type=int, default=1)
+    parser.add_argument('--repeat', type=int, default=5,
+                        help='timed repeats per measurement (after 1 warmup)')
+    parser.add_argument('--device', default='cpu', help='cpu or cuda[:N]')
+    parser.add_argument('--backbones', nargs='+', default=None,
+                        help='subset of rows (names as printed)')
+    parser.add_argument('--memory-shape', type=int, nargs=3, default=None,
+                        metavar=('B', 'H', 'W'),
+                        help='also measure the peak memory of one '
+                        'forward+backward at this size, e.g. 2 512 512')
+    parser.add_argument('--skip-wavelets', action='store_true',
+                        help='leave out the DWT/IDWT table')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    import torch
+    from wavevit_mm import benchmark
+
+    device = torch.device(args.device)
+    names = args.backbones or list(benchmark.BACKBONES)
+    shape = (args.batch_size, 3, *args.shape)
+    memory_shape = ((args.memory_shape[0], 3, *args.memory_shape[1:])
+                    if args.memory_shape else None)
+    rate, rows = benchmark.backbone_table(names, shape, args.repeat, device,
+                                          memory_shape)
+    print(f'device: {device}, threads: {torch.get_num_threads()}, fp32, '
+          f'input {tuple(shape)}, {args.repeat} repeats')
+    print(f'matmul rate (4096^3, fp32): {rate / 1e9:.1f} GFLOP/s\n')
+    print('| backbone | latency min (s) | median (s) | params (M) | '
+          'multiply-adds (G) | of matmul rate | peak train mem (GB) | '
+          'with with_cp (GB) |')
+    print('|---|---|---|---|---|---|---|---|')
+    gb = lambda value: f'{value / 2**30:.2f}' if value is not None else '-'  # noqa
+    for row in rows:
+        print(f'| {row["name"]} | {row["min"]:.3f} | {row["median"]:.3f} | '
+              f'{row["params"] / 1e6:.2f} | {row["macs"] / 1e9:.1f} | '
+              f'{100 * row["matmul_fraction"]:.0f}% | '
+              f'{gb(row.get("peak_mem"))} | {gb(row.get("peak_mem_cp"))} |')
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith('max_abs_diff_to_'):
+                print(f'{row["name"]}: max |difference| to '
+                      f'{key[len("max_abs_diff_to_"):]} outputs = {value:.2e}')
+    if not args.skip_wavelets:
+        wave_rows = benchmark.wavelet_table(
+            [(2, 16, 200, 304), (2, 32, 100, 152)], max(args.repeat, 10),
+            device)
+        print('\nHaar DWT2D + IDWT2D, forward + backward, median seconds:')
+        print('| input | wavevit_mm | convolutional (official) | '
+              'pytorch_wavelets | speed-up vs pytorch_wavelets | '
+              'max |diff| |')
+        print('|---|---|---|---|---|---|')
+        for row in wave_rows:
+            print(f'| {row["shape"]} | '
+                  f'{row["wavevit_mm DWT2D+IDWT2D"] * 1e3:.2f} ms | '
+                  f'{row["convolutional (official)"] * 1e3:.2f} ms | '
+                  f'{row["pytorch_wavelets"] * 1e3:.2f} ms | '
+                  f'{row["speedup"]:.1f}x | {row["max_abs_diff"]:.1e} |')
+
+
+if __name__ == '__main__':
+    main()
