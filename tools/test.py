@@ -42,6 +42,7 @@ def main():
     runner = Runner.from_cfg(cfg)
     with setup.safe_checkpoint_loading():
         runner.test()
+    setup.shut_down_distributed()
 
 
 if __name__ == '__main__':

@@ -78,6 +78,15 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> None:
     _sync_bn_to_bn(cfg.model)  # SyncBN has no CPU implementation
 
 
+def shut_down_distributed() -> None:
+    """Wait for all ranks, then destroy the process group, so that its
+    communication threads are gone before the interpreter exits (a gloo
+    group left alive can abort a rank at exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _sync_bn_to_bn(node) -> None:
     if isinstance(node, dict):
         if node.get('type') == 'SyncBN':
