@@ -112,6 +112,25 @@ def test_no_attention_matrix_is_kept_for_backward():
     assert not largest_square(True)
 
 
+def test_bfloat16_autocast_close_to_float32():
+    model = WaveViT(TINY).eval()
+    image = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        reference = model(image)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            mixed = model(image)
+    for ref, out in zip(reference, mixed):
+        assert out.dtype == torch.bfloat16
+        error = (out.float() - ref).abs().max() / ref.abs().max()
+        assert error < 0.05
+    model.train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = sum(o.float().square().mean() for o in model(image))
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters()
+               if p.grad is not None)
+
+
 def test_out_indices_selects_stages():
     model = WaveViT(TINY, out_indices=(1, 3)).eval()
     outs = model(torch.randn(1, 3, 64, 64))

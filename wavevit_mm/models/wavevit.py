@@ -42,6 +42,24 @@ def map_to_tokens(x: Tensor) -> Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
+def conv_nhwc(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)`` in channels-last memory.
+
+    Token maps are channels-last views; with the weight in the same layout
+    oneDNN convolves them in place of first copying them to NCHW (which
+    costs more than the depthwise convolution itself), and the output is
+    again channels-last, i.e. a free (B, N, C) token view.
+    """
+    weight = conv.weight.to(memory_format=torch.channels_last)
+    return conv._conv_forward(x, weight, conv.bias)
+
+
+def conv_norm_act(block: nn.Sequential, x: Tensor) -> Tensor:
+    """A (conv, norm, activation) sequence with :func:`conv_nhwc`."""
+    conv, norm, act = block
+    return act(norm(conv_nhwc(conv, x)))
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, fused: bool = True) -> Tensor:
     """softmax(q k^T / sqrt(d)) v over (B, heads, N, d) tensors.
 
@@ -68,7 +86,7 @@ class FFN(nn.Module):
 
     def forward(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
         x = self.fc1(x)                                     # (B, N, hidden)
-        x = map_to_tokens(self.dwconv(tokens_to_map(x, hw)))
+        x = map_to_tokens(conv_nhwc(self.dwconv, tokens_to_map(x, hw)))
         return self.fc2(self.act(x))                        # (B, N, C)
 
 
@@ -135,14 +153,14 @@ class WaveletAttention(nn.Module):
         heads, sr = self.num_heads, self.sr_ratio
         q = self.q(x).view(batch, num_tokens, heads, -1).transpose(1, 2)
 
-        bands = self.dwt(self.reduce(tokens_to_map(x, hw)))  # (B, C, H/2, W/2)
-        bands = self.filter(bands)
+        reduced = conv_norm_act(self.reduce, tokens_to_map(x, hw))
+        bands = conv_norm_act(self.filter, self.dwt(reduced))  # (B, C, H/2, W/2)
         local = self.idwt(bands)[..., :hw[0], :hw[1]]         # (B, C/4, H, W)
 
         pad_h, pad_w = -bands.shape[2] % sr, -bands.shape[3] % sr
         if pad_h or pad_w:  # sizes not divisible by 32: keep every band pixel
             bands = F.pad(bands, (0, pad_w, 0, pad_h))
-        kv = self.kv(map_to_tokens(self.kv_embed(bands)))     # (B, M, 2C)
+        kv = self.kv(map_to_tokens(conv_nhwc(self.kv_embed, bands)))  # (B, M, 2C)
         k, v = kv.view(batch, -1, 2, heads, dim // heads).permute(
             2, 0, 3, 1, 4).unbind(0)                          # (B, heads, M, d)
 
@@ -230,7 +248,10 @@ class Stem(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=EMBED_NORM_EPS)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        x = self.proj(self.conv(x))
+        x = x.contiguous(memory_format=torch.channels_last)
+        for i in range(0, len(self.conv), 3):
+            x = conv_norm_act(self.conv[i:i + 3], x)
+        x = conv_nhwc(self.proj, x)
         return self.norm(map_to_tokens(x)), (x.shape[2], x.shape[3])
 
 
@@ -243,7 +264,7 @@ class Downsample(nn.Module):
         self.norm = nn.LayerNorm(out_dim, eps=EMBED_NORM_EPS)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        x = self.proj(x)
+        x = conv_nhwc(self.proj, x)
         return self.norm(map_to_tokens(x)), (x.shape[2], x.shape[3])
 
 
