@@ -21,9 +21,11 @@ def parse_args():
 def main():
     args = parse_args()
     from wavevit_mm.demo import describe, run_demo
-    result = run_demo(args.image, args.config, args.checkpoint,
-                      args.out_file, args.device, args.score_thr,
-                      args.opacity)
+    from wavevit_mm.errors import report_errors
+    with report_errors('image_demo.py'):
+        result = run_demo(args.image, args.config, args.checkpoint,
+                          args.out_file, args.device, args.score_thr,
+                          args.opacity)
     print(f'{describe(result, args.score_thr)}; drawing saved to '
           f'{args.out_file}')
 

@@ -29,19 +29,27 @@ def main():
     args = parse_args()
     from mmengine.runner import Runner
     from wavevit_mm import runner as setup
+    from wavevit_mm.checkpoint import check_model_fits, read_model_weights
+    from wavevit_mm.errors import report_errors
 
-    setup.local_rank_env(args.local_rank)
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    setup.setup_work_dir(cfg, args.config, args.work_dir)
-    setup.apply_test_options(cfg, args.checkpoint, args.out, args.show_dir,
-                             args.tta)
-    setup.setup_cpu_distributed(cfg, args.launcher)
-    runner = Runner.from_cfg(cfg)
-    with setup.safe_checkpoint_loading():
-        runner.test()
+    with report_errors('test.py'):
+        setup.local_rank_env(args.local_rank)
+        weights = read_model_weights(args.checkpoint)
+        cfg = Config.fromfile(args.config)
+        cfg.launcher = args.launcher
+        setup.merge_cfg_options(cfg, args.cfg_options)
+        setup.check_backbone_config(cfg)
+        setup.check_data_paths(cfg, ['test'])
+        setup.setup_work_dir(cfg, args.config, args.work_dir)
+        setup.apply_test_options(cfg, args.checkpoint, args.out,
+                                 args.show_dir, args.tta)
+        setup.add_test_safeguards(cfg)
+        setup.setup_cpu_distributed(cfg, args.launcher)
+        runner = Runner.from_cfg(cfg)
+        check_model_fits(weights, runner.model, args.checkpoint)
+        del weights
+        with setup.safe_checkpoint_loading():
+            runner.test()
     setup.shut_down_distributed()
 
 

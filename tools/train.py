@@ -29,19 +29,24 @@ def main():
     args = parse_args()
     from mmengine.runner import Runner
     from wavevit_mm import runner as setup
+    from wavevit_mm.errors import report_errors
 
-    setup.local_rank_env(args.local_rank)
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    setup.scope_of(cfg)
-    setup.setup_work_dir(cfg, args.config, args.work_dir)
-    setup.apply_train_options(cfg, args.amp, args.auto_scale_lr, args.resume)
-    setup.setup_cpu_distributed(cfg, args.launcher)
-    runner = Runner.from_cfg(cfg)
-    with setup.safe_checkpoint_loading():
-        runner.train()
+    with report_errors('train.py'):
+        setup.local_rank_env(args.local_rank)
+        cfg = Config.fromfile(args.config)
+        cfg.launcher = args.launcher
+        setup.merge_cfg_options(cfg, args.cfg_options)
+        setup.scope_of(cfg)
+        setup.check_backbone_config(cfg)
+        setup.check_data_paths(cfg, ['train', 'val'])
+        setup.setup_work_dir(cfg, args.config, args.work_dir)
+        setup.apply_train_options(cfg, args.amp, args.auto_scale_lr,
+                                  args.resume)
+        setup.add_safeguards(cfg)
+        setup.setup_cpu_distributed(cfg, args.launcher)
+        runner = Runner.from_cfg(cfg)
+        with setup.safe_checkpoint_loading():
+            runner.train()
     setup.shut_down_distributed()
 
 

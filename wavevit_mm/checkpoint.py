@@ -34,6 +34,7 @@ import torch
 from mmengine.logging import HistoryBuffer, MMLogger
 from torch import Tensor, nn
 
+from .errors import InputError
 from .models.wavevit import WaveViT
 
 try:  # numpy 2 moved numpy.core to numpy._core; 1.26 has both
@@ -42,8 +43,8 @@ except ImportError:
     from numpy.core.multiarray import _reconstruct, scalar
 
 
-class CheckpointError(ValueError):
-    """A file that cannot be used as Wave-ViT backbone weights."""
+class CheckpointError(InputError):
+    """A file that cannot be used as the weights asked for."""
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -100,6 +101,11 @@ TRUST_HINT = (
     "checkpoint=..., trusted=True), or convert it once with "
     "tools/model_converters/wavevit2mm.py --trusted and use the converted "
     "file.")
+# the same for checkpoints of a whole model (tools/test.py, --resume, ...)
+MODEL_TRUST_HINT = (
+    "Checkpoints saved by mmengine's Runner never need more; if you trust "
+    "the file's origin, load it once with torch.load(weights_only=False) "
+    "and save its 'state_dict' entry alone with torch.save.")
 
 FORMAT_NAMES = dict(torch='PyTorch', pickle='legacy PyTorch (pickle)',
                     safetensors='safetensors')
@@ -194,14 +200,16 @@ def _load_safetensors(path: str) -> Dict[str, Tensor]:
     return load_file(path)
 
 
-def safe_load(path: str, trusted: bool = False) -> Any:
+def safe_load(path: str, trusted: bool = False,
+              trust_hint: str = TRUST_HINT) -> Any:
     """Load a checkpoint file without running code from it.
 
     Pickled files (``torch.save``) go through
     ``torch.load(weights_only=True)`` with only :data:`SAFE_GLOBALS`
     allowed on top of tensors, containers and numbers; ``.safetensors``
     files cannot hold code at all. ``trusted=True`` unpickles anything, for
-    legacy files from a trusted source.
+    legacy files from a trusted source; ``trust_hint`` ends the message of
+    a refused file.
 
     Raises:
         FileNotFoundError: no such file.
@@ -229,7 +237,7 @@ def safe_load(path: str, trusted: bool = False) -> Any:
                 f'Refusing to load {path}: unpickling it would call '
                 f'{", ".join(offending)}, which is not one of the tensor, '
                 f'container and number types checkpoints hold; a file like '
-                f'this can run arbitrary code when loaded. {TRUST_HINT}'
+                f'this can run arbitrary code when loaded. {trust_hint}'
             ) from None
         reason = _reader_error(error)
     except Exception as error:  # torch, zip and safetensors readers
@@ -541,6 +549,86 @@ def _load_strictly(model: nn.Module, filename: str,
     check_fits(state_dict, model, report.filename)
     model.load_state_dict(state_dict, strict=True)
     return report
+
+
+# ------------------------------------------------ whole-model checkpoints
+
+def read_model_weights(filename: str) -> Dict[str, Tensor]:
+    """The state dict of a whole-model checkpoint (what mmengine's Runner
+    saves, for ``tools/test.py`` and ``tools/image_demo.py``), read safely.
+
+    Raises FileNotFoundError or CheckpointError, naming the file, for
+    anything that is not a checkpoint of a model.
+    """
+    filename = str(filename)
+    checkpoint = safe_load(filename, trust_hint=MODEL_TRUST_HINT)
+    try:
+        state_dict, _ = unwrap_state_dict(checkpoint)
+    except CheckpointError as error:
+        raise CheckpointError(f'{filename} {error}.') from None
+    if all(k.startswith(DDP_PREFIX) for k in state_dict):
+        state_dict, _ = strip_prefix(state_dict, DDP_PREFIX)
+    return state_dict
+
+
+def _backbone_note(state_dict: Dict[str, Tensor],
+                   own: Dict[str, Tensor]) -> str:
+    """What the file's backbone is, when the model's is a Wave-ViT."""
+    own_backbone, _ = strip_prefix(own, 'backbone.')
+    if not any(WAVEVIT_KEY.match(k) for k in own_backbone):
+        return ''
+    file_backbone, _ = strip_prefix(state_dict, 'backbone.')
+    if any(WAVEVIT_KEY.match(k) for k in file_backbone):
+        if arch_signature(file_backbone) == arch_signature(own_backbone):
+            return ''
+        return (f' Its backbone is {describe_arch(file_backbone)}, the '
+                f"config's is {describe_arch(own_backbone)}.")
+    if file_backbone:
+        return (f' Its backbone is not a Wave-ViT (its weights start with '
+                f'{", ".join(list(file_backbone)[:2])}).')
+    if any(WAVEVIT_KEY.match(k) for k in convert_official(state_dict)[0]):
+        return (' It holds backbone weights only: use it as '
+                'model.backbone.init_cfg.checkpoint to train from it.')
+    return (f' It has no backbone weights at all (its weights start with '
+            f'{", ".join(list(state_dict)[:2])}).')
+
+
+def check_model_fits(state_dict: Dict[str, Tensor], model: nn.Module,
+                     filename: str) -> None:
+    """Raise CheckpointError unless ``state_dict`` has exactly the keys and
+    shapes of ``model`` (unwrapped from DDP or test-time augmentation).
+
+    mmengine loads test and demo checkpoints with ``strict=False``: a file
+    of another network only logs warnings and the metrics of a randomly
+    initialised model follow. Here that is an error that says what the
+    file holds.
+    """
+    while hasattr(model, 'module') and isinstance(model.module, nn.Module):
+        model = model.module
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state_dict)
+                        if own[k].shape != state_dict[k].shape)
+    if not (missing or unexpected or mismatched):
+        return
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of the model's {len(own)} weights "
+                        f'are missing from it (e.g. {", ".join(missing[:2])})')
+    if unexpected:
+        problems.append(f'{len(unexpected)} of its weights are not in the '
+                        f'model (e.g. {", ".join(unexpected[:2])})')
+    if mismatched:
+        key = mismatched[0]
+        problems.append(
+            f'{len(mismatched)} have another shape (e.g. {key}: '
+            f'{tuple(state_dict[key].shape)} in the file, '
+            f'{tuple(own[key].shape)} in the model)')
+    raise CheckpointError(
+        f'{filename} does not fit the model built from the config: '
+        f'{"; ".join(problems)}.{_backbone_note(state_dict, own)} It was not '
+        f'used. Pass a checkpoint saved by training this config.')
 
 
 # ------------------------------------------------------------ conversion

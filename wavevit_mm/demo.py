@@ -7,21 +7,27 @@ from typing import Optional
 import numpy as np
 from mmengine.config import Config
 
-from .runner import safe_checkpoint_loading, scope_of
+from .checkpoint import check_model_fits, read_model_weights
+from .errors import DataError
+from .runner import check_backbone_config, safe_checkpoint_loading, scope_of
 
 
 def read_image(path: str) -> np.ndarray:
     """An RGB uint8 (H, W, 3) image; grayscale and RGBA files are converted.
 
-    Raises FileNotFoundError / ValueError naming the file when it is
+    Raises FileNotFoundError / DataError naming the file when it is
     missing or not a readable image.
     """
     import mmcv
     if not os.path.isfile(path):
         raise FileNotFoundError(f'image file not found: {path}')
-    image = mmcv.imread(path, flag='color', channel_order='rgb')
-    if image is None:
-        raise ValueError(f'{path} is not an image file that OpenCV can read')
+    try:
+        image = mmcv.imread(path, flag='color', channel_order='rgb')
+    except Exception:  # OpenCV and Pillow raise their own errors
+        image = None
+    if image is None or image.size == 0:
+        raise DataError(f'{path} is not an image file that OpenCV can read '
+                        f'({os.path.getsize(path)} bytes)')
     return image
 
 
@@ -33,8 +39,10 @@ def run_demo(image_path: str, config: str, checkpoint: str, out_file: str,
     Returns the prediction (a DetDataSample or SegDataSample).
     """
     image = read_image(image_path)
+    weights = read_model_weights(checkpoint)
     cfg = Config.fromfile(config)
     scope = scope_of(cfg)
+    check_backbone_config(cfg)
     out_dir = os.path.dirname(os.path.abspath(out_file))
     os.makedirs(out_dir, exist_ok=True)
     if scope == 'mmdet':
@@ -42,6 +50,7 @@ def run_demo(image_path: str, config: str, checkpoint: str, out_file: str,
         from mmdet.registry import VISUALIZERS
         with safe_checkpoint_loading():
             model = init_detector(cfg, checkpoint, device=device)
+        check_model_fits(weights, model, checkpoint)
         result = inference_detector(model, image[..., ::-1].copy())  # BGR
         visualizer = VISUALIZERS.build(model.cfg.visualizer)
         visualizer.dataset_meta = model.dataset_meta
@@ -52,6 +61,7 @@ def run_demo(image_path: str, config: str, checkpoint: str, out_file: str,
         from mmseg.apis import inference_model, init_model, show_result_pyplot
         with safe_checkpoint_loading():
             model = init_model(cfg, checkpoint, device=device)
+        check_model_fits(weights, model, checkpoint)
         result = inference_model(model, image[..., ::-1].copy())
         show_result_pyplot(model, image, result, opacity=opacity,
                            show=False, draw_gt=False, out_file=out_file,

@@ -11,16 +11,25 @@ Runner builds everything from the registries of the config's
   values); :func:`safe_checkpoint_loading` allow-lists exactly those types
   for ``load_from``, ``--resume`` and testing;
 * the OpenMMLab command-line switches (``--amp``, ``--auto-scale-lr``,
-  ``--resume``, ``--out``, ``--show-dir``, ``--tta``) applied to the config.
+  ``--resume``, ``--out``, ``--show-dir``, ``--tta``) applied to the config;
+* checks of what the user gave, before any work is done: the backbone
+  settings, the dataset paths, the checkpoint to resume or load from;
+  ``--resume`` never picks a checkpoint that does not read back;
+* the hooks of :mod:`wavevit_mm.hooks` (atomic checkpoints, reseeding per
+  epoch, a stop at the first non-finite loss, label-map checks).
 """
 import contextlib
 import os
 import os.path as osp
-from typing import Iterator, Optional
+import re
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
+from mmengine.logging import print_log
+
+from .errors import ConfigError, DataError, one_paragraph
 
 
 @contextlib.contextmanager
@@ -30,6 +39,18 @@ def safe_checkpoint_loading() -> Iterator[None]:
     from .checkpoint import SAFE_GLOBALS
     with torch.serialization.safe_globals(SAFE_GLOBALS):
         yield
+
+
+def merge_cfg_options(cfg: Config, options: Optional[dict]) -> None:
+    """``--cfg-options key=value ...``; a key that cannot take its value
+    (e.g. a field of a dict that the config sets to None) is a
+    ConfigError."""
+    if not options:
+        return
+    try:
+        cfg.merge_from_dict(options)
+    except (TypeError, KeyError, ValueError) as error:
+        raise ConfigError(f'--cfg-options: {error}') from None
 
 
 def scope_of(cfg: Config) -> str:
@@ -117,11 +138,178 @@ def apply_train_options(cfg: Config, amp: bool = False,
                 'learning rate was set for)')
         cfg.auto_scale_lr.enable = True
     if resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
+        cfg.load_from = find_resume_checkpoint(cfg.work_dir)
+        cfg.resume = cfg.load_from is not None
+        if not cfg.resume:
+            print_log(f'--resume: no checkpoint in {cfg.work_dir}, training '
+                      f'from the start', logger='current')
     elif resume is not None:
         cfg.resume = True
         cfg.load_from = resume
+    if cfg.get('load_from'):
+        from .checkpoint import MODEL_TRUST_HINT, safe_load
+        # a clear error now rather than a traceback from the Runner later
+        safe_load(cfg.load_from, trust_hint=MODEL_TRUST_HINT)
+
+
+CHECKPOINT_NAME = re.compile(r'^(?:epoch|iter)_(\d+)\.pth$')
+
+
+def find_resume_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint ``--resume`` continues from.
+
+    The one named in the work dir's ``last_checkpoint`` if it reads back
+    (:func:`wavevit_mm.checkpoint.safe_load`); otherwise, with a warning,
+    the newest ``epoch_N.pth`` / ``iter_N.pth`` there that does. None when
+    there is no checkpoint; CheckpointError when none of them reads back.
+    """
+    from .checkpoint import MODEL_TRUST_HINT, CheckpointError, safe_load
+    candidates: List[str] = []
+    folders = [work_dir]
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            named = f.read().strip()
+        if named:
+            candidates.append(named)
+            folders.append(osp.dirname(named))
+    numbered: List[Tuple[int, float, str]] = []
+    for folder in dict.fromkeys(folders):
+        if not osp.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            match = CHECKPOINT_NAME.match(name)
+            if match:
+                path = osp.join(folder, name)
+                numbered.append((int(match[1]), osp.getmtime(path), path))
+    candidates += [path for *_, path in sorted(numbered, reverse=True)]
+    problems: List[str] = []
+    for path in dict.fromkeys(candidates):
+        try:
+            safe_load(path, trust_hint=MODEL_TRUST_HINT)
+        except (CheckpointError, FileNotFoundError) as error:
+            problems.append(one_paragraph(error))
+            continue
+        if problems:
+            print_log(f'--resume: {" ".join(problems)} Resuming from {path} '
+                      f'instead, the newest checkpoint that reads back.',
+                      logger='current', level=30)
+        return path
+    if problems:
+        raise CheckpointError(
+            f'Cannot resume from {work_dir}: no checkpoint there reads back. '
+            f'{" ".join(problems)} Delete the broken files to train from '
+            f'the start, or pass --resume CHECKPOINT.')
+    return None
+
+
+# ------------------------------------------------------------ input checks
+
+def _find_typed(node: Any, types: Sequence[str], path: str
+                ) -> Iterator[Tuple[str, dict]]:
+    """(config path, dict) of every dict in ``node`` whose type is one of
+    ``types`` (also with a registry scope, ``mmdet.WaveViT``)."""
+    if isinstance(node, dict):
+        kind = node.get('type')
+        if isinstance(kind, str) and kind.split('.')[-1] in types:
+            yield path, node
+        for key, value in node.items():
+            yield from _find_typed(value, types, f'{path}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            yield from _find_typed(value, types, f'{path}[{index}]')
+
+
+def check_backbone_config(cfg: Config) -> None:
+    """Build every WaveViT of ``cfg.model`` once, so that a bad arch,
+    ``out_indices`` or ``frozen_stages`` is a ConfigError naming the config
+    key, before any data is read (weights are not loaded)."""
+    from .models import WaveViT
+    for path, node in _find_typed(cfg.model, ['WaveViT'], 'model'):
+        kwargs = {k: v for k, v in node.items()
+                  if k != 'type' and not k.startswith('_')}
+        try:
+            WaveViT(**kwargs)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f'{path}: {error}') from None
+
+
+def _dataset_configs(node: Any, path: str) -> Iterator[Tuple[str, dict]]:
+    """The datasets reading files in a dataset config, through
+    Concat/Repeat/ClassBalanced wrappers."""
+    if isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            yield from _dataset_configs(value, f'{path}[{index}]')
+    elif isinstance(node, dict):
+        if 'dataset' in node or 'datasets' in node:
+            key = 'dataset' if 'dataset' in node else 'datasets'
+            yield from _dataset_configs(node[key], f'{path}.{key}')
+        else:
+            yield path, node
+
+
+def _under_root(root: str, path: str) -> str:
+    return path if not root or osp.isabs(path) else osp.join(root, path)
+
+
+def check_data_paths(cfg: Config, splits: Sequence[str]) -> None:
+    """Raise DataError when an annotation file or a data folder of the
+    datasets of ``splits`` (``'train'``, ``'val'``, ``'test'``) does not
+    exist, instead of failing at the first batch or, for the validation
+    set, after the first training epoch."""
+    problems = []
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if not loader or (split == 'val' and not cfg.get('val_cfg')):
+            continue
+        for path, dataset in _dataset_configs(loader.get('dataset'),
+                                              f'{split}_dataloader.dataset'):
+            if dataset.get('backend_args'):
+                continue  # remote storage
+            root = dataset.get('data_root') or ''
+            ann_file = dataset.get('ann_file')
+            if ann_file and not osp.exists(_under_root(root, ann_file)):
+                problems.append(f'{path}: annotation file '
+                                f'{_under_root(root, ann_file)} does not '
+                                f'exist')
+            prefixes = dataset.get('data_prefix') or {}
+            for key, prefix in prefixes.items():
+                folder = _under_root(root, prefix or '')
+                if isinstance(prefix, str) and '://' not in folder and \
+                        not osp.isdir(folder):
+                    problems.append(f'{path}: data_prefix.{key} folder '
+                                    f'{folder} does not exist')
+    if problems:
+        raise DataError(
+            f'{"; ".join(problems)} (relative paths are relative to the '
+            f'working directory, {os.getcwd()}).')
+
+
+# ----------------------------------------------------------- safeguards
+
+def add_safeguards(cfg: Config) -> None:
+    """The hooks of :mod:`wavevit_mm.hooks` for a training run: the
+    checkpoint hook becomes :class:`AtomicCheckpointHook`, and
+    EpochSeedHook, FiniteCheckHook and LabelMapCheckHook join the
+    custom hooks (once)."""
+    checkpoint = cfg.get('default_hooks', {}).get('checkpoint')
+    if checkpoint is not None and checkpoint.get('type') in (
+            'CheckpointHook', 'mmengine.CheckpointHook'):
+        checkpoint['type'] = 'AtomicCheckpointHook'
+    _add_custom_hooks(cfg, ['EpochSeedHook', 'FiniteCheckHook',
+                            'LabelMapCheckHook'])
+
+
+def add_test_safeguards(cfg: Config) -> None:
+    """LabelMapCheckHook for a test run."""
+    _add_custom_hooks(cfg, ['LabelMapCheckHook'])
+
+
+def _add_custom_hooks(cfg: Config, names: Sequence[str]) -> None:
+    hooks = list(cfg.get('custom_hooks') or [])
+    present = {hook.get('type') for hook in hooks}
+    hooks += [dict(type=name) for name in names if name not in present]
+    cfg.custom_hooks = hooks
 
 
 def apply_test_options(cfg: Config, checkpoint: str,

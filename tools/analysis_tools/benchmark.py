@@ -32,9 +32,25 @@ def main():
     shape = (args.batch_size, 3, *args.shape)
     memory_shape = ((args.memory_shape[0], 3, *args.memory_shape[1:])
                     if args.memory_shape else None)
+    if not args.skip_wavelets:
+        wave_rows = benchmark.wavelet_table(
+            [(2, 16, 200, 304), (2, 32, 100, 152)], max(args.repeat, 10),
+            device)
+        print('Haar DWT2D + IDWT2D, forward + backward, median times:')
+        print('| input | wavevit_mm | convolutional (official) | '
+              'pytorch_wavelets | speed-up vs pytorch_wavelets | '
+              'max |diff| |')
+        print('|---|---|---|---|---|---|')
+        for row in wave_rows:
+            print(f'| {row["shape"]} | '
+                  f'{row["wavevit_mm DWT2D+IDWT2D"] * 1e3:.2f} ms | '
+                  f'{row["convolutional (official)"] * 1e3:.2f} ms | '
+                  f'{row["pytorch_wavelets"] * 1e3:.2f} ms | '
+                  f'{row["speedup"]:.1f}x | {row["max_abs_diff"]:.1e} |')
+
     rate, rows = benchmark.backbone_table(names, shape, args.repeat, device,
                                           memory_shape)
-    print(f'device: {device}, threads: {torch.get_num_threads()}, fp32, '
+    print(f'\ndevice: {device}, threads: {torch.get_num_threads()}, fp32, '
           f'input {tuple(shape)}, {args.repeat} repeats')
     print(f'matmul rate (4096^3, fp32): {rate / 1e9:.1f} GFLOP/s\n')
     print('| backbone | latency min (s) | median (s) | params (M) | '
@@ -52,21 +68,6 @@ def main():
             if key.startswith('max_abs_diff_to_'):
                 print(f'{row["name"]}: max |difference| to '
                       f'{key[len("max_abs_diff_to_"):]} outputs = {value:.2e}')
-    if not args.skip_wavelets:
-        wave_rows = benchmark.wavelet_table(
-            [(2, 16, 200, 304), (2, 32, 100, 152)], max(args.repeat, 10),
-            device)
-        print('\nHaar DWT2D + IDWT2D, forward + backward, median seconds:')
-        print('| input | wavevit_mm | convolutional (official) | '
-              'pytorch_wavelets | speed-up vs pytorch_wavelets | '
-              'max |diff| |')
-        print('|---|---|---|---|---|---|')
-        for row in wave_rows:
-            print(f'| {row["shape"]} | '
-                  f'{row["wavevit_mm DWT2D+IDWT2D"] * 1e3:.2f} ms | '
-                  f'{row["convolutional (official)"] * 1e3:.2f} ms | '
-                  f'{row["pytorch_wavelets"] * 1e3:.2f} ms | '
-                  f'{row["speedup"]:.1f}x | {row["max_abs_diff"]:.1e} |')
 
 
 if __name__ == '__main__':
