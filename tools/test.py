@@ -1,7 +1,7 @@
 """Evaluate a checkpoint of a detector or segmentor on its test set."""
 import argparse
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 
 def parse_args():
@@ -35,9 +35,8 @@ def main():
     with report_errors('test.py'):
         setup.local_rank_env(args.local_rank)
         weights = read_model_weights(args.checkpoint)
-        cfg = Config.fromfile(args.config)
+        cfg = setup.load_config(args.config, args.cfg_options)
         cfg.launcher = args.launcher
-        setup.merge_cfg_options(cfg, args.cfg_options)
         setup.check_backbone_config(cfg)
         setup.check_data_paths(cfg, ['test'])
         setup.setup_work_dir(cfg, args.config, args.work_dir)

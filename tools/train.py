@@ -1,7 +1,7 @@
 """Train a detector or segmentor from an mmdet/mmseg config."""
 import argparse
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 
 def parse_args():
@@ -16,7 +16,7 @@ def parse_args():
                         'batch size (config: auto_scale_lr.base_batch_size)')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from CKPT, or without a value from the '
-                        'latest checkpoint in the work dir')
+                        'latest checkpoint in the work dir that reads back')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
     parser.add_argument('--launcher', default='none',
@@ -33,11 +33,10 @@ def main():
 
     with report_errors('train.py'):
         setup.local_rank_env(args.local_rank)
-        cfg = Config.fromfile(args.config)
+        cfg = setup.load_config(args.config, args.cfg_options)
         cfg.launcher = args.launcher
-        setup.merge_cfg_options(cfg, args.cfg_options)
         setup.scope_of(cfg)
-        setup.check_backbone_config(cfg)
+        setup.check_backbone_config(cfg, pretrained=True)
         setup.check_data_paths(cfg, ['train', 'val'])
         setup.setup_work_dir(cfg, args.config, args.work_dir)
         setup.apply_train_options(cfg, args.amp, args.auto_scale_lr,

@@ -16,7 +16,9 @@ Checkpoint files are untrusted input. :func:`safe_load` unpickles with
 :data:`SAFE_GLOBALS`, so a file whose unpickling would run code is refused
 unless the caller says it trusts the file. Loading is strict: a missing or
 mis-shaped backbone weight is an error that says which arch the file holds,
-never a silent fall-back to random initialisation.
+never a silent fall-back to random initialisation. The same holds for the
+whole-model checkpoints ``tools/test.py`` and the demo use
+(:func:`read_model_weights`, :func:`check_model_fits`).
 """
 import argparse
 import inspect

@@ -5,11 +5,11 @@ import os
 from typing import Optional
 
 import numpy as np
-from mmengine.config import Config
 
 from .checkpoint import check_model_fits, read_model_weights
 from .errors import DataError
-from .runner import check_backbone_config, safe_checkpoint_loading, scope_of
+from .runner import (check_backbone_config, load_config,
+                     safe_checkpoint_loading, scope_of)
 
 
 def read_image(path: str) -> np.ndarray:
@@ -40,7 +40,7 @@ def run_demo(image_path: str, config: str, checkpoint: str, out_file: str,
     """
     image = read_image(image_path)
     weights = read_model_weights(checkpoint)
-    cfg = Config.fromfile(config)
+    cfg = load_config(config)
     scope = scope_of(cfg)
     check_backbone_config(cfg)
     out_dir = os.path.dirname(os.path.abspath(out_file))

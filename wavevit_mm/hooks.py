@@ -180,19 +180,22 @@ class FiniteCheckHook(Hook):
                if torch.is_tensor(value) and value.is_floating_point()
                and not torch.isfinite(value).all()]
         if bad:
+            iteration = checkpoint.get('meta', {}).get('iter')
             raise TrainingDivergedError(
-                f'Training stopped at {_position(runner)}: {len(bad)} '
-                f'weights are not finite (e.g. {", ".join(bad[:3])}), so '
-                f'they were not saved. {_last_checkpoint_note(runner)} Lower '
-                f'the learning rate or clip gradients.')
+                f'Training stopped at the checkpoint after iteration '
+                f'{iteration}: {len(bad)} weights are not finite (e.g. '
+                f'{", ".join(bad[:3])}), so they were not saved. '
+                f'{_last_checkpoint_note(runner)} Lower the learning rate '
+                f'(optim_wrapper.optimizer.lr) or clip gradients '
+                f'(optim_wrapper.clip_grad=dict(max_norm=...)).')
 
 
-def _position(runner, batch_idx: Optional[int] = None) -> str:
-    """E.g. 'iteration 7 (epoch 2, batch 3)', 1-based like the logs."""
+def _position(runner, batch_idx: int) -> str:
+    """The running iteration, e.g. 'iteration 7 (epoch 2, batch 3)',
+    counted from 1 like the logs."""
     where = f'iteration {runner.iter + 1}'
     if isinstance(runner.train_loop, EpochBasedTrainLoop):
-        batch = '' if batch_idx is None else f', batch {batch_idx + 1}'
-        where += f' (epoch {runner.epoch + 1}{batch})'
+        where += f' (epoch {runner.epoch + 1}, batch {batch_idx + 1})'
     return where
 
 

@@ -19,6 +19,7 @@ Runner builds everything from the registries of the config's
   epoch, a stop at the first non-finite loss, label-map checks).
 """
 import contextlib
+import logging
 import os
 import os.path as osp
 import re
@@ -41,22 +42,28 @@ def safe_checkpoint_loading() -> Iterator[None]:
         yield
 
 
-def merge_cfg_options(cfg: Config, options: Optional[dict]) -> None:
-    """``--cfg-options key=value ...``; a key that cannot take its value
-    (e.g. a field of a dict that the config sets to None) is a
-    ConfigError."""
-    if not options:
-        return
+def load_config(path: str, options: Optional[dict] = None) -> Config:
+    """The config file with ``--cfg-options key=value ...`` applied.
+
+    A config that does not parse or inherit (e.g. a dict given for a key
+    its base sets to None) is a ConfigError naming the file or the option.
+    """
     try:
-        cfg.merge_from_dict(options)
-    except (TypeError, KeyError, ValueError) as error:
-        raise ConfigError(f'--cfg-options: {error}') from None
+        cfg = Config.fromfile(path)
+    except (SyntaxError, TypeError, KeyError) as error:
+        raise ConfigError(f'{path}: {error}') from None
+    if options:
+        try:
+            cfg.merge_from_dict(options)
+        except (TypeError, KeyError, ValueError) as error:
+            raise ConfigError(f'--cfg-options: {error}') from None
+    return cfg
 
 
 def scope_of(cfg: Config) -> str:
     scope = cfg.get('default_scope')
     if scope not in ('mmdet', 'mmseg'):
-        raise ValueError(
+        raise ConfigError(
             f"config default_scope must be 'mmdet' or 'mmseg' (it picks the "
             f"registries to build from), got {scope!r}")
     return scope
@@ -83,7 +90,7 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> None:
     if launcher == 'none' or torch.cuda.is_available():
         return
     if launcher != 'pytorch':
-        raise ValueError(
+        raise ConfigError(
             f"without GPUs only the 'pytorch' launcher (torchrun, "
             f"tools/dist_train.sh) is supported, got {launcher!r}")
     if not dist.is_initialized():
@@ -132,18 +139,19 @@ def apply_train_options(cfg: Config, amp: bool = False,
             cfg.optim_wrapper.pop('loss_scale')
     if auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
-            raise ValueError(
+            raise ConfigError(
                 '--auto-scale-lr needs auto_scale_lr = dict('
                 'base_batch_size=N) in the config (the total batch size its '
                 'learning rate was set for)')
         cfg.auto_scale_lr.enable = True
-    if resume == 'auto':
+    if resume == 'auto':  # the checkpoint found has been read back
         cfg.load_from = find_resume_checkpoint(cfg.work_dir)
         cfg.resume = cfg.load_from is not None
         if not cfg.resume:
             print_log(f'--resume: no checkpoint in {cfg.work_dir}, training '
                       f'from the start', logger='current')
-    elif resume is not None:
+        return
+    if resume is not None:
         cfg.resume = True
         cfg.load_from = resume
     if cfg.get('load_from'):
@@ -193,7 +201,7 @@ def find_resume_checkpoint(work_dir: str) -> Optional[str]:
         if problems:
             print_log(f'--resume: {" ".join(problems)} Resuming from {path} '
                       f'instead, the newest checkpoint that reads back.',
-                      logger='current', level=30)
+                      logger='current', level=logging.WARNING)
         return path
     if problems:
         raise CheckpointError(
@@ -220,18 +228,33 @@ def _find_typed(node: Any, types: Sequence[str], path: str
             yield from _find_typed(value, types, f'{path}[{index}]')
 
 
-def check_backbone_config(cfg: Config) -> None:
+def check_backbone_config(cfg: Config, pretrained: bool = False) -> None:
     """Build every WaveViT of ``cfg.model`` once, so that a bad arch,
     ``out_indices`` or ``frozen_stages`` is a ConfigError naming the config
-    key, before any data is read (weights are not loaded)."""
+    key before any data is read.
+
+    With ``pretrained`` (training), the file of an
+    ``init_cfg=dict(type='Pretrained', ...)`` is read and checked against
+    the backbone too: a missing, broken or foreign checkpoint is reported
+    now rather than after the datasets are loaded (it is read again when
+    the Runner initialises the weights).
+    """
+    from .checkpoint import check_fits, read_backbone_weights
     from .models import WaveViT
     for path, node in _find_typed(cfg.model, ['WaveViT'], 'model'):
         kwargs = {k: v for k, v in node.items()
                   if k != 'type' and not k.startswith('_')}
         try:
-            WaveViT(**kwargs)
+            backbone = WaveViT(**kwargs)
         except (ValueError, TypeError) as error:
             raise ConfigError(f'{path}: {error}') from None
+        init_cfg = kwargs.get('init_cfg')
+        if pretrained and isinstance(init_cfg, dict) and \
+                init_cfg.get('type') == 'Pretrained':
+            weights, report = read_backbone_weights(
+                init_cfg['checkpoint'], init_cfg.get('prefix'),
+                init_cfg.get('trusted', False))
+            check_fits(weights, backbone, report.filename)
 
 
 def _dataset_configs(node: Any, path: str) -> Iterator[Tuple[str, dict]]:
@@ -274,9 +297,10 @@ def check_data_paths(cfg: Config, splits: Sequence[str]) -> None:
                                 f'exist')
             prefixes = dataset.get('data_prefix') or {}
             for key, prefix in prefixes.items():
-                folder = _under_root(root, prefix or '')
-                if isinstance(prefix, str) and '://' not in folder and \
-                        not osp.isdir(folder):
+                if not isinstance(prefix, str):
+                    continue
+                folder = _under_root(root, prefix)
+                if folder and '://' not in folder and not osp.isdir(folder):
                     problems.append(f'{path}: data_prefix.{key} folder '
                                     f'{folder} does not exist')
     if problems:
@@ -322,8 +346,8 @@ def apply_test_options(cfg: Config, checkpoint: str,
     if show_dir is not None:
         hook = cfg.default_hooks.get('visualization')
         if hook is None:
-            raise ValueError('--show-dir needs a visualization hook in '
-                             'default_hooks')
+            raise ConfigError('--show-dir needs a visualization hook in '
+                              'default_hooks')
         hook['draw'] = True
         if scope == 'mmdet':
             hook['test_out_dir'] = show_dir
@@ -332,7 +356,7 @@ def apply_test_options(cfg: Config, checkpoint: str,
     if out is not None:
         if scope == 'mmdet':
             if not out.endswith(('.pkl', '.pickle')):
-                raise ValueError(f'--out must be a .pkl file, got {out!r}')
+                raise ConfigError(f'--out must be a .pkl file, got {out!r}')
             evaluators = cfg.test_evaluator
             if isinstance(evaluators, dict):
                 evaluators = [evaluators]
@@ -343,8 +367,8 @@ def apply_test_options(cfg: Config, checkpoint: str,
             cfg.test_evaluator['keep_results'] = True
     if tta:
         if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-            raise ValueError('--tta needs tta_model and tta_pipeline in the '
-                             'config')
+            raise ConfigError('--tta needs tta_model and tta_pipeline in the '
+                              'config')
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model

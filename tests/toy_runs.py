@@ -1,0 +1,64 @@
+"""The real tools on the toy datasets: in this process (for what fails or
+finishes within seconds) or as a process of their own."""
+import contextlib
+import io
+import os
+import runpy
+import subprocess
+import sys
+from typing import List, NamedTuple, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = os.path.join(ROOT, 'projects', 'toy_shapes')
+DET_CONFIG = os.path.join(TOY, 'configs', 'mask_rcnn_wavevit_toy_coco.py')
+SEG_CONFIG = os.path.join(TOY, 'configs', 'upernet_wavevit_toy_ade20k.py')
+ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1',
+           PYTHONUNBUFFERED='1', PYTHON=sys.executable)
+
+sys.path.insert(0, TOY)
+import toy_shapes  # noqa: E402
+
+
+def tool(name: str) -> str:
+    return os.path.join(ROOT, 'tools', name)
+
+
+def make_toy_data(root: str) -> None:
+    """``root/data/toy_coco`` and ``root/data/toy_ade20k``, 8 training and 4
+    validation images each, where the toy configs look for them."""
+    toy_shapes.make_coco(os.path.join(root, 'data', 'toy_coco'),
+                         num_train=8, num_val=4, seed=1)
+    toy_shapes.make_ade20k(os.path.join(root, 'data', 'toy_ade20k'),
+                           num_train=8, num_val=4, seed=1)
+
+
+class ToolResult(NamedTuple):
+    code: int
+    stderr: str
+
+
+def run_tool(name: str, args: Sequence[str], cwd: str) -> ToolResult:
+    """Run ``tools/<name>`` in this process as from the command line; the
+    exit status and what it wrote to stderr."""
+    path = tool(name)
+    old_argv, old_cwd = sys.argv, os.getcwd()
+    stderr = io.StringIO()
+    code = 0
+    try:
+        os.chdir(cwd)
+        sys.argv = [path] + [str(a) for a in args]
+        with contextlib.redirect_stderr(stderr):
+            runpy.run_path(path, run_name='__main__')
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = old_argv
+        os.chdir(old_cwd)
+    return ToolResult(code, stderr.getvalue())
+
+
+def run_process(args: List[str], cwd: str, timeout: float = 600
+                ) -> subprocess.CompletedProcess:
+    """Run a command to its end, stdout and stderr kept apart."""
+    return subprocess.run([str(a) for a in args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
