@@ -493,16 +493,24 @@ def read_backbone_weights(filename: str,
     return state_dict, report
 
 
+def compare_keys(state_dict: Dict[str, Tensor], own: Dict[str, Tensor]
+                 ) -> Tuple[List[str], List[str], List[str]]:
+    """Keys of ``own`` missing from ``state_dict``, keys of ``state_dict``
+    not in ``own``, and common keys whose shapes differ (each sorted)."""
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state_dict)
+                        if own[k].shape != state_dict[k].shape)
+    return missing, unexpected, mismatched
+
+
 def check_fits(state_dict: Dict[str, Tensor], model: nn.Module,
                filename: str) -> None:
     """Raise CheckpointError unless ``state_dict`` has exactly the keys and
     shapes of ``model``'s state dict; the message says which arch the file
     holds and which the model is."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state_dict)
-                        if own[k].shape != state_dict[k].shape)
+    missing, unexpected, mismatched = compare_keys(state_dict, own)
     if not (missing or unexpected or mismatched):
         return
     problems = []
@@ -608,10 +616,7 @@ def check_model_fits(state_dict: Dict[str, Tensor], model: nn.Module,
     while hasattr(model, 'module') and isinstance(model.module, nn.Module):
         model = model.module
     own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state_dict)
-                        if own[k].shape != state_dict[k].shape)
+    missing, unexpected, mismatched = compare_keys(state_dict, own)
     if not (missing or unexpected or mismatched):
         return
     problems = []
