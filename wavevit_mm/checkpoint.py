@@ -493,15 +493,29 @@ def read_backbone_weights(filename: str,
     return state_dict, report
 
 
-def compare_keys(state_dict: Dict[str, Tensor], own: Dict[str, Tensor]
-                 ) -> Tuple[List[str], List[str], List[str]]:
-    """Keys of ``own`` missing from ``state_dict``, keys of ``state_dict``
-    not in ``own``, and common keys whose shapes differ (each sorted)."""
+def fit_problems(state_dict: Dict[str, Tensor], own: Dict[str, Tensor],
+                 target: str) -> List[str]:
+    """What keeps ``state_dict`` from loading strictly into a module with
+    state dict ``own`` (missing keys, extra keys, other shapes), one phrase
+    each; empty when it fits. ``target`` names the module in the phrases."""
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     mismatched = sorted(k for k in set(own) & set(state_dict)
                         if own[k].shape != state_dict[k].shape)
-    return missing, unexpected, mismatched
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} {target} weights are missing from '
+                        f'the file (e.g. {", ".join(missing[:3])})')
+    if unexpected:
+        problems.append(f'{len(unexpected)} are not in the {target} (e.g. '
+                        f'{", ".join(unexpected[:3])})')
+    if mismatched:
+        key = mismatched[0]
+        problems.append(
+            f'{len(mismatched)} have another shape (e.g. {key}: '
+            f'{tuple(state_dict[key].shape)} in the file, '
+            f'{tuple(own[key].shape)} in the {target})')
+    return problems
 
 
 def check_fits(state_dict: Dict[str, Tensor], model: nn.Module,
@@ -510,22 +524,9 @@ def check_fits(state_dict: Dict[str, Tensor], model: nn.Module,
     shapes of ``model``'s state dict; the message says which arch the file
     holds and which the model is."""
     own = model.state_dict()
-    missing, unexpected, mismatched = compare_keys(state_dict, own)
-    if not (missing or unexpected or mismatched):
+    problems = fit_problems(state_dict, own, 'backbone')
+    if not problems:
         return
-    problems = []
-    if missing:
-        problems.append(f'{len(missing)} backbone weights are missing from '
-                        f'the file (e.g. {", ".join(missing[:3])})')
-    if unexpected:
-        problems.append(f'{len(unexpected)} are not in the backbone (e.g. '
-                        f'{", ".join(unexpected[:3])})')
-    if mismatched:
-        key = mismatched[0]
-        problems.append(
-            f'{len(mismatched)} have another shape (e.g. {key}: '
-            f'{tuple(state_dict[key].shape)} in the file, '
-            f'{tuple(own[key].shape)} in the backbone)')
     file_arch, model_arch = infer_arch(state_dict), infer_arch(own)
     advice = ''
     if file_arch and file_arch != model_arch:
@@ -616,22 +617,9 @@ def check_model_fits(state_dict: Dict[str, Tensor], model: nn.Module,
     while hasattr(model, 'module') and isinstance(model.module, nn.Module):
         model = model.module
     own = model.state_dict()
-    missing, unexpected, mismatched = compare_keys(state_dict, own)
-    if not (missing or unexpected or mismatched):
+    problems = fit_problems(state_dict, own, 'model')
+    if not problems:
         return
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} of the model's {len(own)} weights "
-                        f'are missing from it (e.g. {", ".join(missing[:2])})')
-    if unexpected:
-        problems.append(f'{len(unexpected)} of its weights are not in the '
-                        f'model (e.g. {", ".join(unexpected[:2])})')
-    if mismatched:
-        key = mismatched[0]
-        problems.append(
-            f'{len(mismatched)} have another shape (e.g. {key}: '
-            f'{tuple(state_dict[key].shape)} in the file, '
-            f'{tuple(own[key].shape)} in the model)')
     raise CheckpointError(
         f'{filename} does not fit the model built from the config: '
         f'{"; ".join(problems)}.{_backbone_note(state_dict, own)} It was not '
