@@ -13,7 +13,7 @@ setup: $(STAMP)
 # torch first (pinned: an unpinned torch pulls several GB of CUDA wheels),
 # then mmcv 2.1.0 built from source with its compiled ops (about 5-20 min on
 # 2 cores the first time; pip caches the wheel), then the rest.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml setup.py wavevit_mm/ops/csrc/haar.cpp
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -c requirements.txt torch==2.13.0 numpy setuptools opencv-python wheel ninja psutil
 	MMCV_WITH_OPS=1 $(PIP) install --no-build-isolation -c requirements.txt mmcv==2.1.0

@@ -1,9 +1,24 @@
-"""DWT2D / IDWT2D against pytorch_wavelets, the oracle."""
+"""DWT2D / IDWT2D against pytorch_wavelets, the oracle.
+
+Every test runs twice: with the compiled CPU kernels and with the
+pure-PyTorch formulation (used on GPUs and where the kernels are not built).
+"""
 import pytest
 import torch
 from pytorch_wavelets import DWTForward, DWTInverse
 
-from wavevit_mm.ops import DWT2D, IDWT2D, haar_dwt2d, haar_idwt2d
+from wavevit_mm.ops import DWT2D, IDWT2D, haar_dwt2d, haar_idwt2d, wavelet
+
+
+@pytest.fixture(autouse=True, params=['compiled', 'pytorch'])
+def implementation(request, monkeypatch):
+    if request.param == 'compiled':
+        assert wavelet.compiled_haar_available(), (
+            'the compiled Haar kernels are not built; install with '
+            '`pip install --no-build-isolation -e .`')
+    else:
+        monkeypatch.setattr(wavelet, '_compiled', None)
+    return request.param
 
 SHAPES = [(2, 3, 8, 10), (1, 5, 7, 9), (2, 4, 6, 1), (1, 2, 1, 1),
           (2, 16, 50, 76), (1, 3, 33, 47)]
@@ -95,6 +110,48 @@ def test_channels_last_input_keeps_its_layout():
     z = IDWT2D()(y)
     assert z.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(z, x, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize('shape', [(2, 3, 7, 5), (1, 4, 1, 6), (2, 6, 8, 8)])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_idwt_crops_to_the_dwt_input_size(shape, channels_last):
+    x = torch.randn(shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    rec = IDWT2D()(DWT2D()(x), output_size=shape[2:])
+    assert rec.shape == shape
+    torch.testing.assert_close(rec, x)
+    with pytest.raises(ValueError, match='does not fit bands'):
+        IDWT2D()(DWT2D()(x), output_size=(shape[2] + 2, shape[3]))
+
+
+@pytest.mark.parametrize('shape', [(2, 5, 7, 9), (1, 16, 12, 10)])
+def test_channels_last_odd_sizes_and_gradients(shape):
+    x = torch.randn(shape, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    y = haar_dwt2d(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, oracle_dwt(x.detach().contiguous()))
+    weight = torch.randn(y.shape, dtype=torch.float64)
+    (grad, ) = torch.autograd.grad((y * weight).sum(), x)
+    x_ref = x.detach().contiguous().requires_grad_()
+    (expected, ) = torch.autograd.grad((oracle_dwt(x_ref) * weight).sum(),
+                                       x_ref)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_float16_keeps_its_dtype():
+    x = torch.randn(1, 4, 6, 8)
+    y = DWT2D()(x.half())
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y.float(), oracle_dwt(x), atol=1e-2,
+                               rtol=1e-2)
+
+
+def test_empty_batch():
+    x = torch.randn(0, 3, 8, 8)
+    assert DWT2D()(x).shape == (0, 12, 4, 4)
+    assert IDWT2D()(DWT2D()(x)).shape == (0, 3, 8, 8)
 
 
 def test_other_strided_input():

@@ -155,7 +155,7 @@ class WaveletAttention(nn.Module):
 
         reduced = conv_norm_act(self.reduce, tokens_to_map(x, hw))
         bands = conv_norm_act(self.filter, self.dwt(reduced))  # (B, C, H/2, W/2)
-        local = self.idwt(bands)[..., :hw[0], :hw[1]]         # (B, C/4, H, W)
+        local = self.idwt(bands, hw)                          # (B, C/4, H, W)
 
         pad_h, pad_w = -bands.shape[2] % sr, -bands.shape[3] % sr
         if pad_h or pad_w:  # sizes not divisible by 32: keep every band pixel

@@ -6,18 +6,39 @@ The four sub-bands are concatenated on the channel axis, band-major:
 ``cat([yl, yh[:, :, 0], yh[:, :, 1], yh[:, :, 2]], dim=1)``. Wave-ViT's
 3x3 filter convolution is trained on exactly this channel order.
 
-The Haar transform is computed with strided slicing and additions. Because
-the orthonormal Haar DWT is its own adjoint's inverse, the backward pass of
-the DWT is the IDWT of the incoming gradient and vice versa, so both
-directions cost a few element-wise passes and no convolution. Odd sizes are
-zero-padded at the bottom/right, as pytorch_wavelets does in ``'zero'`` mode.
-Other wavelets are delegated to pytorch_wavelets.
+The Haar transform on the CPU is a compiled one-pass kernel
+(``csrc/haar.cpp``, built by ``pip install --no-build-isolation -e .``);
+elsewhere, or when it is not built, the same transform is computed with
+strided slicing and additions. Because the orthonormal Haar DWT is its own
+adjoint's inverse, the backward pass of the DWT is the IDWT of the incoming
+gradient and vice versa, so both directions cost about one copy of the data
+and no convolution. Odd sizes are zero-padded at the bottom/right, as
+pytorch_wavelets does in ``'zero'`` mode. Other wavelets are delegated to
+pytorch_wavelets.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+try:
+    from . import _haar as _compiled  # one-pass CPU kernels
+except ImportError:  # not built: the pure-PyTorch formulation below
+    _compiled = None
+
+_COMPILED_DTYPES = (torch.float32, torch.float64, torch.bfloat16,
+                    torch.float16)
+
+
+def compiled_haar_available() -> bool:
+    """Whether the one-pass CPU Haar kernels were built with the package."""
+    return _compiled is not None
+
+
+def _use_compiled(x: Tensor) -> bool:
+    return (_compiled is not None and x.device.type == 'cpu'
+            and x.dtype in _COMPILED_DTYPES)
 
 
 def _is_channels_last(x: Tensor) -> bool:
@@ -28,10 +49,12 @@ def _is_channels_last(x: Tensor) -> bool:
 def _haar_dwt(x: Tensor) -> Tensor:
     """(B, C, H, W) -> (B, 4C, ceil(H/2), ceil(W/2)), no autograd logic.
 
-    Each output element is read from its 2x2 input block once through
-    strided views and written once into a preallocated band buffer; a
-    channels-last input gives a channels-last output.
+    A channels-last input gives a channels-last output. Without the compiled
+    kernel, each 2x2 input block is read through strided views and the
+    bands are written into one preallocated buffer.
     """
+    if _use_compiled(x):
+        return _compiled.haar_dwt2d(x)
     batch, channels, height, width = x.shape
     if height % 2 or width % 2:
         x = F.pad(x, (0, width % 2, 0, height % 2))
@@ -56,13 +79,29 @@ def _haar_dwt(x: Tensor) -> Tensor:
     return out.flatten(1, 2)
 
 
-def _haar_idwt(x: Tensor) -> Tensor:
-    """(B, 4C, h, w) -> (B, C, 2h, 2w), the inverse of :func:`_haar_dwt`."""
+def _haar_idwt(x: Tensor, size: Optional[Tuple[int, int]] = None
+               ) -> Tensor:
+    """(B, 4C, h, w) -> (B, C, 2h, 2w), the inverse of :func:`_haar_dwt`,
+    cropped to ``size`` (at most one row/column less) when given."""
     batch, channels4, height, width = x.shape
     if channels4 % 4:
         raise ValueError(
             f'IDWT2D expects 4*C channels (LL, LH, HL, HH bands), got '
             f'{channels4} channels')
+    if size is not None and not (
+            2 * height - 1 <= size[0] <= 2 * height
+            and 2 * width - 1 <= size[1] <= 2 * width):
+        raise ValueError(
+            f'IDWT2D output size {tuple(size)} does not fit bands of '
+            f'{height}x{width} (each side 2n or 2n - 1)')
+    if _use_compiled(x):
+        return _compiled.haar_idwt2d(x, *(size or (-1, -1)))
+    return _haar_idwt_sliced(x)[..., :size[0], :size[1]] if size else \
+        _haar_idwt_sliced(x)
+
+
+def _haar_idwt_sliced(x: Tensor) -> Tensor:
+    batch, channels4, height, width = x.shape
     channels = channels4 // 4
     ll, lh, hl, hh = x.unflatten(1, (4, channels)).unbind(1)
     if _is_channels_last(x):
@@ -93,19 +132,19 @@ class _HaarDWTFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        height, width = ctx.input_size
-        return _HaarIDWTFunction.apply(grad)[..., :height, :width]
+        return _HaarIDWTFunction.apply(grad, tuple(ctx.input_size))
 
 
 class _HaarIDWTFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return _haar_idwt(x)
+    def forward(ctx, x: Tensor, size: Optional[Tuple[int, int]]) -> Tensor:
+        return _haar_idwt(x, size)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return _HaarDWTFunction.apply(grad)
+    def backward(ctx, grad: Tensor) -> Tuple[Tensor, None]:
+        # the crop's gradient is zero-padding, which the DWT does itself
+        return _HaarDWTFunction.apply(grad), None
 
 
 def haar_dwt2d(x: Tensor) -> Tensor:
@@ -113,9 +152,11 @@ def haar_dwt2d(x: Tensor) -> Tensor:
     return _HaarDWTFunction.apply(x)
 
 
-def haar_idwt2d(x: Tensor) -> Tensor:
-    """Haar inverse DWT: (B, 4C, h, w) -> (B, C, 2h, 2w)."""
-    return _HaarIDWTFunction.apply(x)
+def haar_idwt2d(x: Tensor, size: Optional[Tuple[int, int]] = None
+                ) -> Tensor:
+    """Haar inverse DWT: (B, 4C, h, w) -> (B, C, 2h, 2w), or cropped to
+    ``size`` = (H, W) of the DWT input (each side 2n or 2n - 1)."""
+    return _HaarIDWTFunction.apply(x, None if size is None else tuple(size))
 
 
 def _check_4d(x: Tensor, name: str) -> None:
@@ -153,7 +194,8 @@ class DWT2D(nn.Module):
 
 
 class IDWT2D(nn.Module):
-    """Inverse of :class:`DWT2D`: (B, 4C, h, w) -> (B, C, 2h, 2w).
+    """Inverse of :class:`DWT2D`: (B, 4C, h, w) -> (B, C, 2h, 2w), or
+    ``output_size`` (the DWT input's (H, W), for odd sizes) when given.
 
     Args:
         wave: wavelet name, as for :class:`DWT2D`.
@@ -167,17 +209,20 @@ class IDWT2D(nn.Module):
             from pytorch_wavelets import DWTInverse
             self._delegate = DWTInverse(wave=wave, mode='zero')
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor,
+                output_size: Optional[Tuple[int, int]] = None) -> Tensor:
         _check_4d(x, 'IDWT2D')
         if self._delegate is None:
-            return haar_idwt2d(x)
+            return haar_idwt2d(x, output_size)
         batch, channels4, height, width = x.shape
         if channels4 % 4:
             raise ValueError(
                 f'IDWT2D expects 4*C channels (LL, LH, HL, HH bands), got '
                 f'{channels4} channels')
         bands = x.view(batch, 4, channels4 // 4, height, width)
-        return self._delegate((bands[:, 0], [bands[:, 1:].transpose(1, 2)]))
+        out = self._delegate((bands[:, 0], [bands[:, 1:].transpose(1, 2)]))
+        return out if output_size is None else \
+            out[..., :output_size[0], :output_size[1]]
 
     def extra_repr(self) -> str:
         return f"wave='{self.wave}'"
