@@ -91,6 +91,20 @@ def test_explicit_attention_gives_the_same_outputs():
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_inference_and_autograd_forward_agree():
+    """Without autograd the FFN applies GELU in place; same maps either way,
+    and the autograd forward still back-propagates."""
+    model = WaveViT(TINY).eval()
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        inference = model(image)
+    tracked = model(image)
+    sum(o.sum() for o in tracked).backward()
+    for a, b in zip(inference, tracked):
+        torch.testing.assert_close(a, b.detach(), atol=0, rtol=0)
+    assert model.stages[0].blocks[0].mlp.fc1.weight.grad is not None
+
+
 def test_no_attention_matrix_is_kept_for_backward():
     """Fused attention saves (N, d)-sized tensors, never (N, M) scores."""
     model = WaveViT(TINY).train()

@@ -4,12 +4,13 @@ Everything a table row needs is measured in the same process (peak memory
 on the CPU in a fresh child process), so ratios between rows, and against
 the machine's matmul rate, are free of machine-to-machine noise.
 
-The *reference formulation* is this network computed the way the official
-implementation does it: attention matrices materialised with an explicit
-softmax, and the Haar transforms as grouped (transposed) convolutions with
-fixed filters. It has the same weights and outputs, so it shows what the
-formulation alone costs.
+The *official formulation* (:class:`OfficialFormulation`) is this network
+computed the way the official implementation computes it, with the same
+weights and outputs, so it shows what the formulation alone costs; no
+official code is needed.
 """
+import ctypes
+import ctypes.util
 import multiprocessing
 import resource
 import statistics
@@ -25,7 +26,7 @@ from .models import WaveViT
 from .ops import DWT2D, IDWT2D
 
 
-# ------------------------------------------------ reference formulation
+# ------------------------------------------------- official formulation
 
 def _haar_filters(like: Tensor) -> Tensor:
     """(4, 1, 2, 2) orthonormal Haar analysis filters, LL LH HL HH."""
@@ -37,41 +38,106 @@ def _haar_filters(like: Tensor) -> Tensor:
     return torch.stack([r[:, None] * c[None, :] for r, c in pairs])[:, None]
 
 
-class ConvHaarDWT(nn.Module):
+def conv_haar_dwt(x: Tensor) -> Tensor:
     """Haar DWT as four strided depthwise convolutions (even sizes)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        channels = x.shape[1]
-        filters = _haar_filters(x)
-        bands = [F.conv2d(x, f.expand(channels, -1, -1, -1), stride=2,
-                          groups=channels) for f in filters]
-        return torch.cat(bands, dim=1)
+    x = x.contiguous()
+    channels = x.shape[1]
+    bands = [F.conv2d(x, f.expand(channels, -1, -1, -1), stride=2,
+                      groups=channels) for f in _haar_filters(x)]
+    return torch.cat(bands, dim=1)
 
 
-class ConvHaarIDWT(nn.Module):
+def conv_haar_idwt(x: Tensor) -> Tensor:
     """Haar inverse DWT as a grouped transposed convolution."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch, channels4, height, width = x.shape
-        channels = channels4 // 4
-        x = x.view(batch, 4, channels, height, width).transpose(1, 2)
-        x = x.reshape(batch, channels4, height, width)
-        filters = _haar_filters(x).repeat(channels, 1, 1, 1)
-        return F.conv_transpose2d(x, filters, stride=2, groups=channels)
+    batch, channels4, height, width = x.shape
+    channels = channels4 // 4
+    x = x.view(batch, 4, channels, height, width).transpose(1, 2)
+    x = x.reshape(batch, channels4, height, width)
+    filters = _haar_filters(x).repeat(channels, 1, 1, 1)
+    return F.conv_transpose2d(x, filters, stride=2, groups=channels)
 
 
-def reference_formulation(model: WaveViT) -> WaveViT:
-    """``model`` recomputed as the official code does (explicit attention,
-    convolutional Haar transforms), sharing its weights."""
-    for module in model.modules():
-        if hasattr(module, 'fused_attn'):
-            module.fused_attn = False
-        for name, child in module.named_children():
-            if isinstance(child, DWT2D):
-                setattr(module, name, ConvHaarDWT())
-            elif isinstance(child, IDWT2D):
-                setattr(module, name, ConvHaarIDWT())
-    return model
+def _explicit_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    attn = (q @ k.transpose(-2, -1)) * q.shape[-1]**-0.5   # (B, heads, N, M)
+    return attn.softmax(dim=-1) @ v
+
+
+class OfficialFormulation(nn.Module):
+    """A :class:`WaveViT` computed step by step the way the official
+    implementation computes it, with the same weights and outputs.
+
+    Tokens are permuted to NCHW around every convolution, the Haar
+    transforms are grouped (transposed) convolutions with fixed filters on
+    contiguous copies, and the attention matrices are materialised with an
+    explicit softmax. Inputs must be divisible by 32 (the official code has
+    no padding). It exists to measure what the formulation costs.
+    """
+
+    def __init__(self, model: WaveViT) -> None:
+        super().__init__()
+        self.model = model
+
+    @staticmethod
+    def _ffn(ffn, x: Tensor, height: int, width: int) -> Tensor:
+        batch, _, dim = x.shape
+        x = ffn.fc1(x)
+        x = x.transpose(1, 2).view(batch, -1, height, width)
+        x = ffn.dwconv(x).flatten(2).transpose(1, 2)
+        return ffn.fc2(ffn.act(x))
+
+    @staticmethod
+    def _global_attention(attn, x: Tensor, height: int, width: int
+                          ) -> Tensor:
+        batch, num_tokens, dim = x.shape
+        heads = attn.num_heads
+        q = attn.q(x).reshape(batch, num_tokens, heads, -1).permute(0, 2, 1, 3)
+        kv = attn.kv(x).reshape(batch, -1, 2, heads, dim // heads)
+        k, v = kv.permute(2, 0, 3, 1, 4)
+        x = _explicit_attention(q, k, v).transpose(1, 2)
+        return attn.proj(x.reshape(batch, num_tokens, dim))
+
+    @staticmethod
+    def _wavelet_attention(attn, x: Tensor, height: int, width: int
+                           ) -> Tensor:
+        batch, num_tokens, dim = x.shape
+        heads = attn.num_heads
+        q = attn.q(x).reshape(batch, num_tokens, heads, -1).permute(0, 2, 1, 3)
+        x = x.view(batch, height, width, dim).permute(0, 3, 1, 2)
+        bands = attn.filter(conv_haar_dwt(attn.reduce(x)))
+        local = conv_haar_idwt(bands)
+        local = local.view(batch, -1, height * width).transpose(1, 2)
+        kv = attn.kv_embed(bands).reshape(batch, dim, -1).permute(0, 2, 1)
+        kv = attn.kv(kv).reshape(batch, -1, 2, heads, dim // heads)
+        k, v = kv.permute(2, 0, 3, 1, 4)
+        x = _explicit_attention(q, k, v).transpose(1, 2)
+        x = x.reshape(batch, num_tokens, dim)
+        return attn.proj(torch.cat([x, local], dim=-1))
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        if x.shape[2] % 32 or x.shape[3] % 32:
+            raise ValueError(f'the official formulation needs sizes '
+                             f'divisible by 32, got {tuple(x.shape[2:])}')
+        outs = []
+        for i, stage in enumerate(self.model.stages):
+            down = stage.downsample
+            if i == 0:
+                x = down.conv(x)
+            x = down.proj(x)
+            batch, _, height, width = x.shape
+            x = down.norm(x.flatten(2).transpose(1, 2))
+            for block in stage.blocks:
+                attention = (self._wavelet_attention
+                             if hasattr(block.attn, 'kv_embed') else
+                             self._global_attention)
+                x = x + block.drop_path(
+                    attention(block.attn, block.norm1(x), height, width))
+                x = x + block.drop_path(
+                    self._ffn(block.mlp, block.norm2(x), height, width))
+            x = stage.norm(x).reshape(batch, height, width, -1)
+            x = x.permute(0, 3, 1, 2).contiguous()
+            if i in self.model.out_indices:
+                outs.append(x)
+        return tuple(outs)
 
 
 # ------------------------------------------------------------- backbones
@@ -85,15 +151,17 @@ def _mmdet_backbone(cfg: Dict) -> Callable[[], nn.Module]:
     return build
 
 
-def _reference(arch: str) -> nn.Module:
-    return reference_formulation(WaveViT(arch))
+def _official(arch: str) -> nn.Module:
+    model = WaveViT(arch)
+    model.init_weights()  # as build_backbone does for the other rows
+    return OfficialFormulation(model)
 
 
 BACKBONES: Dict[str, Callable[[], nn.Module]] = {
     'Wave-ViT-S': lambda: WaveViT('s'),
-    'Wave-ViT-S (reference formulation)': lambda: _reference('s'),
+    'Wave-ViT-S (official formulation)': lambda: _official('s'),
     'Wave-ViT-B': lambda: WaveViT('b'),
-    'Wave-ViT-B (reference formulation)': lambda: _reference('b'),
+    'Wave-ViT-B (official formulation)': lambda: _official('b'),
     'Swin-T (mmdet)': _mmdet_backbone(dict(type='SwinTransformer')),
     'PVTv2-b2 (mmdet)': _mmdet_backbone(dict(
         type='PyramidVisionTransformerV2', embed_dims=64,
@@ -114,6 +182,27 @@ def build_backbone(name: str, seed: int = 0) -> nn.Module:
 
 
 # ----------------------------------------------------------------- timing
+
+def retain_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse (this process only).
+
+    By default every large CPU tensor is a fresh ``mmap`` that the kernel
+    page-faults in and zeroes on first touch, and hands back when freed; at
+    800x1216 that costs Wave-ViT-S about a fifth of its forward time in
+    page faults. With mmap off and heap trimming raised, freed blocks are
+    reused instead (what ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...``
+    or jemalloc/tcmalloc do for a whole program). Returns False where the C
+    library has no ``mallopt`` (not glibc).
+    """
+    m_trim_threshold, m_mmap_max = -1, -4
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c'))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(m_mmap_max, 0)
+                and mallopt(m_trim_threshold, 2**31 - 1))
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == 'cuda':
@@ -246,7 +335,7 @@ def backbone_table(names: List[str], shape: Tuple[int, ...], repeat: int,
         row = dict(name=name, min=min(times), median=statistics.median(times),
                    params=sum(p.numel() for p in model.parameters()),
                    macs=macs, matmul_fraction=2 * macs / min(times) / rate)
-        base = name.split(' (reference')[0]
+        base = name.split(' (official')[0]
         if name != base and base in reference_outputs:
             row['max_abs_diff_to_' + base] = max(
                 (a.float() - b.float()).abs().max().item()
@@ -255,7 +344,7 @@ def backbone_table(names: List[str], shape: Tuple[int, ...], repeat: int,
         if memory_shape is not None and name.startswith('Wave-ViT'):
             row['peak_mem'] = peak_train_memory(name, memory_shape, False,
                                                 device)
-            if 'reference' not in name:
+            if 'official' not in name:
                 row['peak_mem_cp'] = peak_train_memory(
                     name, memory_shape, True, device)
         rows.append(row)
@@ -276,10 +365,10 @@ def wavelet_table(shapes: List[Tuple[int, ...]], repeat: int,
         return oracle_idwt((low, [high]))
 
     ours_dwt, ours_idwt = DWT2D(), IDWT2D()
-    conv_dwt, conv_idwt = ConvHaarDWT(), ConvHaarIDWT()
     candidates = {
         'wavevit_mm DWT2D+IDWT2D': lambda x: ours_idwt(ours_dwt(x)),
-        'convolutional (official)': lambda x: conv_idwt(conv_dwt(x)),
+        'convolutional (official)': lambda x: conv_haar_idwt(
+            conv_haar_dwt(x)),
         'pytorch_wavelets': pytorch_wavelets_pair,
     }
     rows = []

@@ -19,6 +19,12 @@ def parse_args():
                         'forward+backward at this size, e.g. 2 512 512')
     parser.add_argument('--skip-wavelets', action='store_true',
                         help='leave out the DWT/IDWT table')
+    parser.add_argument('--malloc', choices=['default', 'retain'],
+                        default='default',
+                        help='CPU only: "retain" keeps freed memory for '
+                        'reuse instead of page-faulting fresh memory for '
+                        'every large tensor (applies to every row alike; '
+                        'memory is always measured with the default)')
     return parser.parse_args()
 
 
@@ -28,6 +34,11 @@ def main():
     from wavevit_mm import benchmark
 
     device = torch.device(args.device)
+    malloc = 'default'
+    if args.malloc == 'retain' and device.type == 'cpu':
+        malloc = 'retain' if benchmark.retain_freed_memory() else \
+            'default (mallopt unavailable)'
+    print(f'malloc: {malloc}\n')
     names = args.backbones or list(benchmark.BACKBONES)
     shape = (args.batch_size, 3, *args.shape)
     memory_shape = ((args.memory_shape[0], 3, *args.memory_shape[1:])

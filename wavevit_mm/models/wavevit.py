@@ -87,7 +87,11 @@ class FFN(nn.Module):
     def forward(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
         x = self.fc1(x)                                     # (B, N, hidden)
         x = map_to_tokens(conv_nhwc(self.dwconv, tokens_to_map(x, hw)))
-        return self.fc2(self.act(x))                        # (B, N, C)
+        if torch.is_grad_enabled() and x.requires_grad:
+            x = self.act(x)
+        else:  # inference: no second copy of the largest activation
+            x = torch.ops.aten.gelu_(x, approximate=self.act.approximate)
+        return self.fc2(x)                                  # (B, N, C)
 
 
 class Attention(nn.Module):

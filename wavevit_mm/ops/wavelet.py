@@ -156,6 +156,9 @@ def haar_idwt2d(x: Tensor, size: Optional[Tuple[int, int]] = None
                 ) -> Tensor:
     """Haar inverse DWT: (B, 4C, h, w) -> (B, C, 2h, 2w), or cropped to
     ``size`` = (H, W) of the DWT input (each side 2n or 2n - 1)."""
+    if size is not None and torch.jit.is_tracing():
+        # sizes are traced values there, which a Function cannot take
+        return _HaarIDWTFunction.apply(x, None)[..., :size[0], :size[1]]
     return _HaarIDWTFunction.apply(x, None if size is None else tuple(size))
 
 

@@ -1,0 +1,59 @@
+"""The benchmark's pieces: the official formulation it times against, and
+the tables it prints (speed itself is measured, never asserted)."""
+import pytest
+import torch
+
+from wavevit_mm import benchmark
+from wavevit_mm.models import WaveViT
+
+
+def test_official_formulation_gives_the_same_feature_maps():
+    torch.manual_seed(0)
+    model = WaveViT('s', out_indices=(0, 2, 3))
+    model.init_weights()
+    model.eval()
+    image = torch.randn(1, 3, 128, 96)
+    official = benchmark.OfficialFormulation(model).eval()
+    with torch.no_grad():
+        ours, theirs = model(image), official(image)
+    assert len(theirs) == 3
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # it is a different computation, not the same modules run again
+    assert any(m.__class__.__name__ == 'WaveViT' for m in official.modules())
+
+
+def test_official_formulation_refuses_sizes_it_cannot_compute():
+    official = benchmark.OfficialFormulation(WaveViT('s'))
+    with pytest.raises(ValueError, match='divisible by 32'):
+        official(torch.randn(1, 3, 100, 96))
+
+
+def test_convolutional_haar_matches_the_fast_transforms():
+    from wavevit_mm.ops import DWT2D, IDWT2D
+    x = torch.randn(2, 8, 12, 16, dtype=torch.float64)
+    bands = DWT2D()(x)
+    torch.testing.assert_close(benchmark.conv_haar_dwt(x), bands)
+    torch.testing.assert_close(benchmark.conv_haar_idwt(bands), IDWT2D()(bands))
+
+
+def test_wavelet_table_reports_equality_and_every_implementation():
+    rows = benchmark.wavelet_table([(1, 4, 16, 24)], repeat=1,
+                                   device=torch.device('cpu'))
+    (row, ) = rows
+    assert row['max_abs_diff'] < 1e-6
+    for key in ('wavevit_mm DWT2D+IDWT2D', 'convolutional (official)',
+                'pytorch_wavelets'):
+        assert row[key] > 0
+
+
+def test_backbone_table_row_compares_outputs_with_the_official_formulation():
+    rate, rows = benchmark.backbone_table(
+        ['Wave-ViT-S', 'Wave-ViT-S (official formulation)'], (1, 3, 64, 64),
+        repeat=1, device=torch.device('cpu'))
+    assert rate > 0
+    ours, official = rows
+    assert ours['params'] == official['params']
+    assert 1e9 < ours['macs'] / (64 * 64 / (800 * 1216)) < 3e11
+    assert official['max_abs_diff_to_Wave-ViT-S'] < 1e-4
