@@ -87,13 +87,15 @@ def test_mask_rcnn_train_test_and_demo(workspace):
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
-def test_retinanet_train_and_test(workspace):
+def test_retinanet_amp_train_and_test(workspace):
     cfg = config('retinanet_wavevit_toy_coco.py')
     work = workspace / 'retinanet'
     # two iterations leave every score near the focal-loss prior (0.01)
     keep_all = 'model.test_cfg.score_thr=0.0'
-    out = run([sys.executable, tool('train.py'), cfg, '--work-dir', str(work)]
-              + short_det_schedule() + [keep_all], workspace)
+    # --amp: without a GPU the backbone trains in bfloat16 (wavevit_mm.amp)
+    out = run([sys.executable, tool('train.py'), cfg, '--work-dir', str(work),
+               '--amp'] + short_det_schedule() + [keep_all], workspace)
+    assert 'CPUAutocastOptimWrapper' in out
     assert 0 <= metric(out, 'coco/bbox_mAP') <= 1
     out = run([sys.executable, tool('test.py'), cfg,
                str(work / 'epoch_1.pth'), '--work-dir', str(work),

@@ -1,5 +1,5 @@
 """Wave-ViT backbone for OpenMMLab dense prediction (mmdet, mmseg)."""
-from . import hooks  # noqa: F401  (registers the training hooks)
+from . import amp, hooks  # noqa: F401  (register the optim wrapper, hooks)
 from .models import WaveViT
 from .ops import DWT2D, IDWT2D
 from .registry import register_all_modules

@@ -130,13 +130,13 @@ def apply_train_options(cfg: Config, amp: bool = False,
                         auto_scale_lr: bool = False,
                         resume: Optional[str] = None) -> None:
     """``--amp``, ``--auto-scale-lr`` and ``--resume [CKPT]``."""
-    if amp:
+    if amp and torch.cuda.is_available():
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
-        if not torch.cuda.is_available():
-            # CPU autocast runs in bfloat16, which needs no loss scaling
-            cfg.optim_wrapper.dtype = 'bfloat16'
-            cfg.optim_wrapper.pop('loss_scale')
+    elif amp:  # mmengine's AmpOptimWrapper is GPU-only; see wavevit_mm.amp
+        cfg.optim_wrapper.type = 'CPUAutocastOptimWrapper'
+        for key in ('loss_scale', 'dtype'):
+            cfg.optim_wrapper.pop(key, None)
     if auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise ConfigError(

@@ -31,7 +31,12 @@ def parse_args():
 def main():
     args = parse_args()
     import torch
+    from mmengine.logging import MMLogger
+
     from wavevit_mm import benchmark
+
+    # the tables only: no per-parameter initialisation reports from mmdet
+    MMLogger.get_instance('benchmark', log_level='WARNING')
 
     device = torch.device(args.device)
     malloc = 'default'
