@@ -86,32 +86,29 @@ class OfficialFormulation(nn.Module):
         return ffn.fc2(ffn.act(x))
 
     @staticmethod
-    def _global_attention(attn, x: Tensor, height: int, width: int
-                          ) -> Tensor:
+    def _attend(attn, x: Tensor, kv_tokens: Tensor) -> Tensor:
+        """Multi-head attention of x's queries over kv_tokens, (B, N, C)."""
         batch, num_tokens, dim = x.shape
         heads = attn.num_heads
         q = attn.q(x).reshape(batch, num_tokens, heads, -1).permute(0, 2, 1, 3)
-        kv = attn.kv(x).reshape(batch, -1, 2, heads, dim // heads)
+        kv = attn.kv(kv_tokens).reshape(batch, -1, 2, heads, dim // heads)
         k, v = kv.permute(2, 0, 3, 1, 4)
         x = _explicit_attention(q, k, v).transpose(1, 2)
-        return attn.proj(x.reshape(batch, num_tokens, dim))
+        return x.reshape(batch, num_tokens, dim)
 
-    @staticmethod
-    def _wavelet_attention(attn, x: Tensor, height: int, width: int
+    def _global_attention(self, attn, x: Tensor, height: int, width: int
+                          ) -> Tensor:
+        return attn.proj(self._attend(attn, x, x))
+
+    def _wavelet_attention(self, attn, x: Tensor, height: int, width: int
                            ) -> Tensor:
-        batch, num_tokens, dim = x.shape
-        heads = attn.num_heads
-        q = attn.q(x).reshape(batch, num_tokens, heads, -1).permute(0, 2, 1, 3)
-        x = x.view(batch, height, width, dim).permute(0, 3, 1, 2)
-        bands = attn.filter(conv_haar_dwt(attn.reduce(x)))
+        batch, _, dim = x.shape
+        bands = x.view(batch, height, width, dim).permute(0, 3, 1, 2)
+        bands = attn.filter(conv_haar_dwt(attn.reduce(bands)))
         local = conv_haar_idwt(bands)
         local = local.view(batch, -1, height * width).transpose(1, 2)
         kv = attn.kv_embed(bands).reshape(batch, dim, -1).permute(0, 2, 1)
-        kv = attn.kv(kv).reshape(batch, -1, 2, heads, dim // heads)
-        k, v = kv.permute(2, 0, 3, 1, 4)
-        x = _explicit_attention(q, k, v).transpose(1, 2)
-        x = x.reshape(batch, num_tokens, dim)
-        return attn.proj(torch.cat([x, local], dim=-1))
+        return attn.proj(torch.cat([self._attend(attn, x, kv), local], -1))
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         if x.shape[2] % 32 or x.shape[3] % 32:
