@@ -57,3 +57,34 @@ def test_backbone_table_row_compares_outputs_with_the_official_formulation():
     assert ours['params'] == official['params']
     assert 1e9 < ours['macs'] / (64 * 64 / (800 * 1216)) < 3e11
     assert official['max_abs_diff_to_Wave-ViT-S'] < 1e-4
+
+
+RECYCLE_PROBE = '''
+import resource, sys, torch
+from wavevit_mm import benchmark
+if sys.argv[1] == "retain":
+    assert benchmark.retain_freed_memory()
+def step():
+    x = torch.ones(16 * 2**20)    # 64 MB: above any mmap threshold of glibc
+    return (x * 2).sum()          # and a second one
+for _ in range(5):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+'''
+
+
+def page_faults_of_five_steps(malloc):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, '-c', RECYCLE_PROBE, malloc],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1])
+
+
+def test_retained_memory_is_reused_without_page_faults():
+    # five steps of two fresh 64 MB tensors: 10 x 16384 pages of 4 kB
+    assert page_faults_of_five_steps('default') > 100_000
+    assert page_faults_of_five_steps('retain') < 40_000

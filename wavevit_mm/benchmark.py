@@ -188,8 +188,11 @@ def retain_freed_memory() -> bool:
     800x1216 that costs Wave-ViT-S about a fifth of its forward time in
     page faults. With mmap off and heap trimming raised, freed blocks are
     reused instead (what ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...``
-    or jemalloc/tcmalloc do for a whole program). Returns False where the C
-    library has no ``mallopt`` (not glibc).
+    do for a whole program, and what jemalloc/tcmalloc do better). The heap
+    may then hold somewhat more than the live tensors (a freed block is not
+    always reusable for the next aligned request), which suits a benchmark
+    rather than a long job. Returns False where the C library has no
+    ``mallopt`` (not glibc).
     """
     m_trim_threshold, m_mmap_max = -1, -4
     try:
