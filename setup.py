@@ -17,13 +17,24 @@ def compiled_ops():
               'compiled Haar transforms are skipped (install with '
               '--no-build-isolation to build them)')
         return {}
+    class OptionalBuildExtension(BuildExtension):
+        """A failed build leaves the pure-PyTorch transforms in charge."""
+
+        def build_extension(self, ext):
+            try:
+                super().build_extension(ext)
+            except Exception as error:  # compiler missing or failing
+                print(f'wavevit_mm: the compiled Haar transforms did not '
+                      f'build ({error}); the package uses its pure-PyTorch '
+                      f'transforms instead')
+
     openmp = ['-fopenmp']  # at::parallel_for runs serially without it
     extension = CppExtension(
         'wavevit_mm.ops._haar', ['wavevit_mm/ops/csrc/haar.cpp'],
         extra_compile_args=['-O3'] + openmp, extra_link_args=openmp,
         optional=True)
     return dict(ext_modules=[extension],
-                cmdclass={'build_ext': BuildExtension})
+                cmdclass={'build_ext': OptionalBuildExtension})
 
 
 setup(**compiled_ops())
