@@ -88,3 +88,29 @@ def test_retained_memory_is_reused_without_page_faults():
     # five steps of two fresh 64 MB tensors: 10 x 16384 pages of 4 kB
     assert page_faults_of_five_steps('default') > 100_000
     assert page_faults_of_five_steps('retain') < 40_000
+
+
+def test_synthetic_detection_batch_masks_fill_their_boxes():
+    inputs, samples = benchmark.synthetic_detection_batch(
+        2, (64, 96), num_classes=3, device=torch.device('cpu'))
+    assert inputs.shape == (2, 3, 64, 96)
+    for sample in samples:
+        gt = sample.gt_instances
+        assert len(gt) == 8 and gt.labels.max() < 3
+        masks = torch.from_numpy(gt.masks.masks)
+        for box, mask in zip(gt.bboxes.long(), masks):
+            x1, y1, x2, y2 = box.tolist()
+            assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 64
+            assert mask.sum() == (x2 - x1) * (y2 - y1)
+
+
+def test_mask_rcnn_training_steps_are_timed_and_update_the_model():
+    import os
+    config = os.path.join(os.path.dirname(__file__), '..', 'configs',
+                          'mask_rcnn_wavevit_s_coco.py')
+    result = benchmark.train_throughput(config, (128, 160), batch_size=1,
+                                        repeat=2, device=torch.device('cpu'))
+    assert result['images_per_second'] > 0
+    assert len(result['losses']) == 3   # warm-up + 2 timed steps
+    assert all(torch.isfinite(torch.tensor(result['losses'])))
+    assert len(set(result['losses'])) == 3  # same batch, updated weights

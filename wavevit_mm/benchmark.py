@@ -396,3 +396,72 @@ def wavelet_table(shapes: List[Tuple[int, ...]], repeat: int,
             'wavevit_mm DWT2D+IDWT2D']
         rows.append(row)
     return rows
+
+
+# ------------------------------------------------------ training throughput
+
+def synthetic_detection_batch(batch_size: int, shape: Tuple[int, int],
+                              num_classes: int, device: torch.device,
+                              boxes_per_image: int = 8, seed: int = 0
+                              ) -> Tuple[Tensor, list]:
+    """Images and mmdet data samples with random boxes, labels and box-shaped
+    masks, as a Mask R-CNN training step consumes them."""
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    generator = torch.Generator().manual_seed(seed)
+    height, width = shape
+    inputs = torch.randn(batch_size, 3, height, width, generator=generator)
+    samples = []
+    for _ in range(batch_size):
+        corner = torch.rand(boxes_per_image, 2, generator=generator)
+        size = 0.1 + 0.4 * torch.rand(boxes_per_image, 2, generator=generator)
+        scale = torch.tensor([width, height])
+        top_left = (corner * (1 - size) * scale).floor()
+        bottom_right = (top_left + size * scale).ceil()
+        bboxes = torch.cat([top_left, bottom_right], dim=1)
+        masks = torch.zeros(boxes_per_image, height, width, dtype=torch.uint8)
+        for mask, (x1, y1, x2, y2) in zip(masks, bboxes.long().tolist()):
+            mask[y1:y2, x1:x2] = 1
+        sample = DetDataSample(metainfo=dict(
+            img_shape=shape, ori_shape=shape, pad_shape=shape,
+            batch_input_shape=shape, scale_factor=(1.0, 1.0)))
+        sample.gt_instances = InstanceData(
+            bboxes=bboxes.to(device),
+            labels=torch.randint(num_classes, (boxes_per_image, ),
+                                 generator=generator).to(device),
+            masks=BitmapMasks(masks.numpy(), height, width))
+        samples.append(sample)
+    return inputs.to(device), samples
+
+
+def train_throughput(config: str, shape: Tuple[int, int], batch_size: int,
+                     repeat: int, device: torch.device, amp: bool = False
+                     ) -> Dict:
+    """Images per second of full training steps (forward, losses, backward,
+    optimizer step) of the detector in ``config`` on a synthetic batch, with
+    the config's optimizer; ``amp`` as ``tools/train.py --amp``."""
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+
+    from .analysis import build_model
+    from .runner import apply_train_options
+    cfg = Config.fromfile(config)
+    apply_train_options(cfg, amp=amp)
+    model = build_model(cfg).to(device).train()
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    num_classes = cfg.model.roi_head.bbox_head.num_classes
+    inputs, samples = synthetic_detection_batch(batch_size, shape,
+                                                num_classes, device)
+    losses = []
+
+    def step() -> None:
+        with optim_wrapper.optim_context(model):
+            loss, _ = model.parse_losses(model.loss(inputs, samples))
+        optim_wrapper.update_params(loss)
+        losses.append(loss.item())
+
+    times = time_call(step, repeat, device)
+    return dict(images_per_second=batch_size / statistics.median(times),
+                median=statistics.median(times), min=min(times),
+                losses=losses)

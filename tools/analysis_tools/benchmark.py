@@ -21,6 +21,16 @@ def parse_args():
                         help='leave out the DWT/IDWT table')
     parser.add_argument('--skip-backbones', action='store_true',
                         help='leave out the backbone table')
+    parser.add_argument('--train-config', default=None,
+                        help='also time training steps of this detector '
+                        'config (e.g. configs/mask_rcnn_wavevit_s_coco.py) on '
+                        'a synthetic batch')
+    parser.add_argument('--train-shape', type=int, nargs=2,
+                        default=[800, 1333], metavar=('H', 'W'))
+    parser.add_argument('--train-batch-size', type=int, default=2)
+    parser.add_argument('--amp', action='store_true',
+                        help='training steps in mixed precision, as '
+                        'tools/train.py --amp')
     parser.add_argument('--malloc', choices=['default', 'retain'],
                         default='default',
                         help='CPU only: "retain" keeps freed memory for '
@@ -67,6 +77,16 @@ def main():
                 for k in labels)
             print(f'| {row["shape"]} | {times} | {row["speedup"]:.1f}x | '
                   f'{row["max_abs_diff"]:.1e} |')
+    if args.train_config:
+        result = benchmark.train_throughput(
+            args.train_config, tuple(args.train_shape), args.train_batch_size,
+            args.repeat, device, args.amp)
+        print(f'\ntraining {args.train_config} on {device} '
+              f'({"amp" if args.amp else "fp32"}), batch '
+              f'{args.train_batch_size} x {tuple(args.train_shape)}: '
+              f'{result["images_per_second"]:.3f} images/s (step median '
+              f'{result["median"]:.2f} s, min {result["min"]:.2f} s over '
+              f'{args.repeat} steps after 1 warm-up)')
     if args.skip_backbones:
         return
 
