@@ -96,8 +96,8 @@ def _haar_idwt(x: Tensor, size: Optional[Tuple[int, int]] = None
             f'{height}x{width} (each side 2n or 2n - 1)')
     if _use_compiled(x):
         return _compiled.haar_idwt2d(x, *(size or (-1, -1)))
-    return _haar_idwt_sliced(x)[..., :size[0], :size[1]] if size else \
-        _haar_idwt_sliced(x)
+    full = _haar_idwt_sliced(x)
+    return full if size is None else full[..., :size[0], :size[1]]
 
 
 def _haar_idwt_sliced(x: Tensor) -> Tensor:
