@@ -32,7 +32,7 @@ def compiled_ops():
     extension = CppExtension(
         'wavevit_mm.ops._haar', ['wavevit_mm/ops/csrc/haar.cpp'],
         extra_compile_args=['-O3'] + openmp, extra_link_args=openmp,
-        optional=True)
+        optional=True)  # in-place builds then skip copying a missing .so
     return dict(ext_modules=[extension],
                 cmdclass={'build_ext': OptionalBuildExtension})
 

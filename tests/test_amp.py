@@ -60,3 +60,16 @@ def test_backbone_runs_in_bfloat16_and_hands_float32_on():
     # outside the context the model is plain float32 again
     model(image)
     assert stage_dtypes[-1] == torch.float32
+
+
+def test_autocast_ends_when_the_backbone_fails():
+    model = TinyDetector()
+    wrapper = build_optim_wrapper(model, dict(
+        type='CPUAutocastOptimWrapper', optimizer=dict(type='SGD', lr=0.1)))
+    try:
+        with wrapper.optim_context(model):
+            model(torch.randn(2, 3, 64))   # not an image batch
+    except ValueError:
+        pass
+    assert not torch.is_autocast_enabled('cpu')
+    assert 'forward' not in vars(model.backbone)

@@ -22,23 +22,18 @@ def autocast_module(module: nn.Module, dtype: torch.dtype = torch.bfloat16
                     ) -> Iterator[None]:
     """Within the context, ``module``'s forward runs under CPU autocast and
     its floating-point outputs are cast back to float32."""
-    contexts = []
+    forward = module.forward
 
-    def enter(module, args):
-        contexts.append(torch.autocast('cpu', dtype=dtype))
-        contexts[-1].__enter__()
-
-    def leave(module, args, output):
-        contexts.pop().__exit__(None, None, None)
+    def autocast_forward(*args, **kwargs):
+        with torch.autocast('cpu', dtype=dtype):
+            output = forward(*args, **kwargs)
         return _to_float32(output)
 
-    handles = [module.register_forward_pre_hook(enter),
-               module.register_forward_hook(leave)]
+    module.forward = autocast_forward  # an instance attribute shadows it
     try:
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        del module.forward
 
 
 def _to_float32(output):

@@ -58,7 +58,9 @@ def conv_haar_idwt(x: Tensor) -> Tensor:
 
 
 def _explicit_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    attn = (q @ k.transpose(-2, -1)) * q.shape[-1]**-0.5   # (B, heads, N, M)
+    # as the official code: the (B, heads, N, M) scores are scaled, a pass
+    # that models.wavevit.attend(fused=False) saves by scaling q instead
+    attn = (q @ k.transpose(-2, -1)) * q.shape[-1]**-0.5
     return attn.softmax(dim=-1) @ v
 
 
@@ -450,7 +452,12 @@ def train_throughput(config: str, shape: Tuple[int, int], batch_size: int,
     apply_train_options(cfg, amp=amp)
     model = build_model(cfg).to(device).train()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    num_classes = cfg.model.roi_head.bbox_head.num_classes
+    head = cfg.model.get('roi_head', cfg.model).get('bbox_head')
+    if head is None or 'num_classes' not in head:
+        raise ValueError(f'{config}: no bbox_head with num_classes in the '
+                         f'model (model.roi_head.bbox_head or '
+                         f'model.bbox_head); is it a detector config?')
+    num_classes = head.num_classes
     inputs, samples = synthetic_detection_batch(batch_size, shape,
                                                 num_classes, device)
     losses = []
