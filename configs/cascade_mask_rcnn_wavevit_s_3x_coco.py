@@ -6,6 +6,7 @@ _base_ = [
     'mmdet::_base_/schedules/schedule_1x.py',
     'mmdet::_base_/default_runtime.py',
     './_base_/wavevit_3x_coco.py',
+    './_base_/safeguards.py',
 ]
 custom_imports = dict(imports=['wavevit_mm'], allow_failed_imports=False)
 
@@ -16,6 +17,8 @@ model = dict(
         type='WaveViT',
         arch='s',
         drop_path_rate=0.1,
+        # BN scale and shift stay at their ImageNet values (official recipe)
+        norm_cfg=dict(type='BN', requires_grad=False),
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 320, 448]),
     roi_head=dict(bbox_head=[
@@ -44,3 +47,8 @@ train_cfg = {{_base_.train_cfg_3x}}
 param_scheduler = {{_base_.param_scheduler_3x}}
 optim_wrapper = {{_base_.optim_wrapper_3x}}
 auto_scale_lr = dict(base_batch_size=16)
+
+# atomic checkpoints, per-epoch seeds, non-finite loss stop, label map
+# check: see _base_/safeguards.py
+default_hooks = {{_base_.safeguard_default_hooks}}
+custom_hooks = {{_base_.safeguard_custom_hooks}}

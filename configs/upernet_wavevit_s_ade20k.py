@@ -5,6 +5,7 @@ _base_ = [
     'mmseg::_base_/datasets/ade20k.py',
     'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_160k.py',
+    './_base_/safeguards.py',
 ]
 custom_imports = dict(imports=['wavevit_mm'], allow_failed_imports=False)
 
@@ -18,6 +19,8 @@ model = dict(
         type='WaveViT',
         arch='s',
         drop_path_rate=0.1,
+        # BN scale and shift stay at their ImageNet values (official recipe)
+        norm_cfg=dict(type='BN', requires_grad=False),
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     decode_head=dict(in_channels=[64, 128, 320, 448], num_classes=150),
     auxiliary_head=dict(in_channels=320, in_index=2, num_classes=150,
@@ -38,3 +41,8 @@ param_scheduler = [
 ]
 train_dataloader = dict(batch_size=2)  # x 8 GPUs
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+
+# atomic checkpoints, per-epoch seeds, non-finite loss stop, label map
+# check: see _base_/safeguards.py
+default_hooks = {{_base_.safeguard_default_hooks}}
+custom_hooks = {{_base_.safeguard_custom_hooks}}

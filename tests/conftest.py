@@ -1,10 +1,11 @@
+import logging
 import os
 import sys
 
 import pytest
 
-# helpers shared by the tests (official_layout, toy_runs) import as
-# top-level modules
+# helpers shared by the tests (helpers, official_layout, toy_runs) import
+# as top-level modules
 sys.path.insert(0, os.path.dirname(__file__))
 
 
@@ -16,3 +17,74 @@ def toy_workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp('toy_workspace')
     make_toy_data(str(root))
     return root
+
+
+def _messages_logged(level):
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    messages = []
+    handler = logging.Handler(level=level)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.fixture
+def log_messages():
+    """What the current MMLogger logs (INFO and above) during a test."""
+    yield from _messages_logged(logging.INFO)
+
+
+@pytest.fixture
+def warnings_logged():
+    """The warnings the current MMLogger logs during a test."""
+    yield from _messages_logged(logging.WARNING)
+
+
+@pytest.fixture(scope='session')
+def runner_checkpoint(tmp_path_factory):
+    """A checkpoint saved by mmengine's Runner after one epoch of two
+    iterations (lr 1e-3, linear warm-up from 0.1x, end=2) of a
+    whole model with a Wave-ViT-S backbone and a one-layer neck: message
+    hub with HistoryBuffers, numpy scalars, optimizer, schedulers."""
+    import torch
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+    from torch import nn
+
+    from wavevit_mm import WaveViT
+
+    class DetectorLike(BaseModel):
+        """A whole model with a Wave-ViT backbone, as mmdet/mmseg hold it."""
+
+        def __init__(self):
+            super().__init__()
+            self.backbone = WaveViT('s')
+            self.neck = nn.Conv2d(448, 4, 1)
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            out = self.neck(self.backbone(inputs)[-1])
+            return dict(loss=out.pow(2).mean()) if mode == 'loss' else out
+
+    work_dir = tmp_path_factory.mktemp('runner')
+    runner = Runner(
+        model=DetectorLike(),
+        work_dir=str(work_dir),
+        experiment_name='wavevit_checkpoint_test',
+        train_dataloader=dict(
+            dataset=[dict(inputs=torch.randn(3, 32, 32)) for _ in range(4)],
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            collate_fn=dict(type='default_collate'), batch_size=2),
+        train_cfg=dict(by_epoch=True, max_epochs=1),
+        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)),
+        param_scheduler=[
+            dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
+                 end=2),
+            dict(type='MultiStepLR', milestones=[8, 11], by_epoch=True)],
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook',
+                                           interval=1)))
+    runner.train()
+    return str(work_dir / 'epoch_1.pth')

@@ -1,16 +1,18 @@
 """Checkpoints in the layout of the official Wave-ViT classification code,
-and an independent functional forward over them, used as test oracles.
+the backbone weights they should load as, and an independent functional
+forward over them, used as test oracles.
 
 Nothing here imports the package under test: key names, shapes and dtypes
 are written down from the official ``classification/wavevit.py`` model
 (``patch_embed{i}``, ``block{i}.{j}``, ``norm{i}``, the float16 DWT/IDWT
-filter buffers, ``post_network``, ``head``, ``aux_head``), and the forward
-pass uses pytorch_wavelets for the transforms and explicit softmax
-attention.
+filter buffers, ``post_network``, ``head``, ``aux_head``), each beside the
+name this package's backbone gives it (``stages.{i}.downsample``,
+``stages.{i}.blocks.{j}``, ``stages.{i}.norm``); the forward pass uses
+pytorch_wavelets for the transforms and explicit softmax attention.
 """
 import math
 from collections import OrderedDict
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import pywt
 import torch
@@ -42,92 +44,136 @@ def _haar_filter_buffers() -> Dict[str, Tensor]:
     }
 
 
-def official_state_dict(arch, seed: int = 0, num_classes: int = 1000,
-                        random_bn: bool = True) -> 'OrderedDict[str, Tensor]':
-    """A state dict with the keys, shapes and dtypes of the official
-    classification WaveViT (``token_label=True``), random values."""
+def _build(arch, seed: int, num_classes: int, random_bn: bool
+           ) -> 'OrderedDict[str, Tuple[Tensor, Optional[str]]]':
+    """Official key -> (random value, the key this package gives it, or
+    None for what a dense backbone drops). Each entry is written with both
+    names side by side: the second is stated here, not computed by
+    renaming rules."""
     cfg = ARCHS[arch] if isinstance(arch, str) else arch
     gen = torch.Generator().manual_seed(seed)
-    sd: 'OrderedDict[str, Tensor]' = OrderedDict()
+    entries: 'OrderedDict[str, Tuple[Tensor, Optional[str]]]' = OrderedDict()
+
+    def add(name, ours, suffix, value):
+        entries[f'{name}.{suffix}'] = (
+            value, None if ours is None else f'{ours}.{suffix}')
 
     def rand(*shape, scale=None):
         fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
         scale = scale if scale is not None else fan_in ** -0.5
         return torch.randn(*shape, generator=gen) * scale
 
-    def linear(name, out_f, in_f):
-        sd[f'{name}.weight'] = rand(out_f, in_f)
-        sd[f'{name}.bias'] = rand(out_f, scale=0.02)
+    def linear(name, ours, out_f, in_f):
+        add(name, ours, 'weight', rand(out_f, in_f))
+        add(name, ours, 'bias', rand(out_f, scale=0.02))
 
-    def conv(name, out_c, in_c, k, groups=1, bias=True):
-        sd[f'{name}.weight'] = rand(out_c, in_c // groups, k, k)
+    def conv(name, ours, out_c, in_c, k, groups=1, bias=True):
+        add(name, ours, 'weight', rand(out_c, in_c // groups, k, k))
         if bias:
-            sd[f'{name}.bias'] = rand(out_c, scale=0.02)
+            add(name, ours, 'bias', rand(out_c, scale=0.02))
 
-    def layer_norm(name, c):
-        sd[f'{name}.weight'] = 1 + rand(c, scale=0.1)
-        sd[f'{name}.bias'] = rand(c, scale=0.1)
+    def layer_norm(name, ours, c):
+        add(name, ours, 'weight', 1 + rand(c, scale=0.1))
+        add(name, ours, 'bias', rand(c, scale=0.1))
 
-    def batch_norm(name, c):
-        layer_norm(name, c)
+    def batch_norm(name, ours, c):
+        layer_norm(name, ours, c)
         if random_bn:
-            sd[f'{name}.running_mean'] = rand(c, scale=0.1)
-            sd[f'{name}.running_var'] = 0.5 + torch.rand(c, generator=gen)
+            add(name, ours, 'running_mean', rand(c, scale=0.1))
+            add(name, ours, 'running_var',
+                0.5 + torch.rand(c, generator=gen))
         else:
-            sd[f'{name}.running_mean'] = torch.zeros(c)
-            sd[f'{name}.running_var'] = torch.ones(c)
-        sd[f'{name}.num_batches_tracked'] = torch.tensor(1000)
+            add(name, ours, 'running_mean', torch.zeros(c))
+            add(name, ours, 'running_var', torch.ones(c))
+        add(name, ours, 'num_batches_tracked', torch.tensor(1000))
 
     dims, stem = cfg['dims'], cfg['stem']
-    conv('patch_embed1.conv.0', stem, 3, 7, bias=False)
-    batch_norm('patch_embed1.conv.1', stem)
-    conv('patch_embed1.conv.3', stem, stem, 3, bias=False)
-    batch_norm('patch_embed1.conv.4', stem)
-    conv('patch_embed1.conv.6', stem, stem, 3, bias=False)
-    batch_norm('patch_embed1.conv.7', stem)
-    conv('patch_embed1.proj', dims[0], stem, 3)
-    layer_norm('patch_embed1.norm', dims[0])
+    ours = 'stages.0.downsample'
+    conv('patch_embed1.conv.0', f'{ours}.conv.0', stem, 3, 7, bias=False)
+    batch_norm('patch_embed1.conv.1', f'{ours}.conv.1', stem)
+    conv('patch_embed1.conv.3', f'{ours}.conv.3', stem, stem, 3, bias=False)
+    batch_norm('patch_embed1.conv.4', f'{ours}.conv.4', stem)
+    conv('patch_embed1.conv.6', f'{ours}.conv.6', stem, stem, 3, bias=False)
+    batch_norm('patch_embed1.conv.7', f'{ours}.conv.7', stem)
+    conv('patch_embed1.proj', f'{ours}.proj', dims[0], stem, 3)
+    layer_norm('patch_embed1.norm', f'{ours}.norm', dims[0])
     haar = _haar_filter_buffers()
     for i in range(4):
         dim, hidden = dims[i], dims[i] * cfg['mlp'][i]
         if i > 0:
-            conv(f'patch_embed{i + 1}.proj', dim, dims[i - 1], 3)
-            layer_norm(f'patch_embed{i + 1}.norm', dim)
+            ours = f'stages.{i}.downsample'
+            conv(f'patch_embed{i + 1}.proj', f'{ours}.proj', dim,
+                 dims[i - 1], 3)
+            layer_norm(f'patch_embed{i + 1}.norm', f'{ours}.norm', dim)
         for j in range(cfg['depths'][i]):
-            b = f'block{i + 1}.{j}'
-            layer_norm(f'{b}.norm1', dim)
-            layer_norm(f'{b}.norm2', dim)
-            linear(f'{b}.attn.q', dim, dim)
+            b, o = f'block{i + 1}.{j}', f'stages.{i}.blocks.{j}'
+            layer_norm(f'{b}.norm1', f'{o}.norm1', dim)
+            layer_norm(f'{b}.norm2', f'{o}.norm2', dim)
+            linear(f'{b}.attn.q', f'{o}.attn.q', dim, dim)
             if i < 2:
-                for name, value in haar.items():
-                    sd[f'{b}.attn.{name}'] = value.clone()
-                conv(f'{b}.attn.reduce.0', dim // 4, dim, 1)
-                batch_norm(f'{b}.attn.reduce.1', dim // 4)
-                conv(f'{b}.attn.filter.0', dim, dim, 3)
-                batch_norm(f'{b}.attn.filter.1', dim)
-                conv(f'{b}.attn.kv_embed', dim, dim, cfg['sr'][i])
-                layer_norm(f'{b}.attn.kv.0', dim)
-                linear(f'{b}.attn.kv.1', 2 * dim, dim)
-                linear(f'{b}.attn.proj', dim, dim + dim // 4)
+                for name, value in haar.items():  # derived, not learned
+                    module, suffix = name.split('.')
+                    add(f'{b}.attn.{module}', None, suffix, value.clone())
+                conv(f'{b}.attn.reduce.0', f'{o}.attn.reduce.0', dim // 4,
+                     dim, 1)
+                batch_norm(f'{b}.attn.reduce.1', f'{o}.attn.reduce.1',
+                           dim // 4)
+                conv(f'{b}.attn.filter.0', f'{o}.attn.filter.0', dim, dim, 3)
+                batch_norm(f'{b}.attn.filter.1', f'{o}.attn.filter.1', dim)
+                conv(f'{b}.attn.kv_embed', f'{o}.attn.kv_embed', dim, dim,
+                     cfg['sr'][i])
+                layer_norm(f'{b}.attn.kv.0', f'{o}.attn.kv.0', dim)
+                linear(f'{b}.attn.kv.1', f'{o}.attn.kv.1', 2 * dim, dim)
+                linear(f'{b}.attn.proj', f'{o}.attn.proj', dim,
+                       dim + dim // 4)
             else:
-                linear(f'{b}.attn.kv', 2 * dim, dim)
-                linear(f'{b}.attn.proj', dim, dim)
-            linear(f'{b}.mlp.fc1', hidden, dim)
-            conv(f'{b}.mlp.dwconv.dwconv', hidden, hidden, 3, groups=hidden)
-            linear(f'{b}.mlp.fc2', dim, hidden)
-        layer_norm(f'norm{i + 1}', dim)
+                linear(f'{b}.attn.kv', f'{o}.attn.kv', 2 * dim, dim)
+                linear(f'{b}.attn.proj', f'{o}.attn.proj', dim, dim)
+            linear(f'{b}.mlp.fc1', f'{o}.mlp.fc1', hidden, dim)
+            conv(f'{b}.mlp.dwconv.dwconv', f'{o}.mlp.dwconv', hidden, hidden,
+                 3, groups=hidden)
+            linear(f'{b}.mlp.fc2', f'{o}.mlp.fc2', dim, hidden)
+        layer_norm(f'norm{i + 1}', f'stages.{i}.norm', dim)
+    # the classification network's last block and heads
     dim = dims[-1]
     p = 'post_network.0'
-    layer_norm(f'{p}.norm1', dim)
-    layer_norm(f'{p}.norm2', dim)
-    linear(f'{p}.attn.kv', 2 * dim, dim)
-    linear(f'{p}.attn.q', dim, dim)
-    linear(f'{p}.attn.proj', dim, dim)
-    linear(f'{p}.mlp.fc1', dim * cfg['mlp'][-1], dim)
-    linear(f'{p}.mlp.fc2', dim, dim * cfg['mlp'][-1])
-    linear('head', num_classes, dim)
-    linear('aux_head', num_classes, dim)
-    return sd
+    layer_norm(f'{p}.norm1', None, dim)
+    layer_norm(f'{p}.norm2', None, dim)
+    linear(f'{p}.attn.kv', None, 2 * dim, dim)
+    linear(f'{p}.attn.q', None, dim, dim)
+    linear(f'{p}.attn.proj', None, dim, dim)
+    linear(f'{p}.mlp.fc1', None, dim * cfg['mlp'][-1], dim)
+    linear(f'{p}.mlp.fc2', None, dim, dim * cfg['mlp'][-1])
+    linear('head', None, num_classes, dim)
+    linear('aux_head', None, num_classes, dim)
+    return entries
+
+
+def official_state_dict(arch, seed: int = 0, num_classes: int = 1000,
+                        random_bn: bool = True) -> 'OrderedDict[str, Tensor]':
+    """A state dict with the keys, shapes and dtypes of the official
+    classification WaveViT (``token_label=True``), random values."""
+    return OrderedDict(
+        (key, value) for key, (value, _) in
+        _build(arch, seed, num_classes, random_bn).items())
+
+
+def backbone_state_dict(arch, seed: int = 0, num_classes: int = 1000,
+                        random_bn: bool = True) -> Dict[str, Tensor]:
+    """What the dense backbone should hold after loading
+    ``official_state_dict`` with the same arguments: the same tensors under
+    this package's ``stages.{i}.downsample / blocks.{j} / norm`` names, the
+    classification head and the derived wavelet filter buffers left out."""
+    return {ours: value for value, ours in
+            _build(arch, seed, num_classes, random_bn).values()
+            if ours is not None}
+
+
+def backbone_names(arch) -> 'OrderedDict[str, Optional[str]]':
+    """Official key -> the backbone's name for it, or None for what a
+    dense backbone does not use (classification head, filter buffers)."""
+    return OrderedDict((key, ours) for key, (_, ours) in
+                       _build(arch, 0, 1000, False).items())
 
 
 # ---------------------------------------------------------------- forward

@@ -5,9 +5,10 @@ import os
 import pytest
 import torch
 from mmengine.config import Config
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from wavevit_mm import WaveViT
-from wavevit_mm.analysis import build_model, dummy_inputs
+from wavevit_mm.apis import build_model, synthetic_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py'))) + sorted(
@@ -41,7 +42,7 @@ def test_config_builds_and_runs_forward(path):
     if isinstance(backbone.arch, dict) and 'toy' not in path:
         arch = 'b' if '_b_' in os.path.basename(path) else 's'
         assert backbone.embed_dims == DIMS[arch]
-    inputs, samples = dummy_inputs(cfg.default_scope, (96, 128))
+    inputs, samples = synthetic_inputs(cfg.default_scope, (96, 128))
     with torch.no_grad():
         outputs = model._forward(inputs, samples)
     flat = []
@@ -101,3 +102,184 @@ def test_paper_config_recipe(name):
         assert cfg.param_scheduler[1].milestones == [27, 33]
         resize = cfg.train_dataloader.dataset.pipeline[3]
         assert resize.type == 'RandomChoice'
+
+
+
+# ------------------------------------------------------- safeguard hooks
+
+SAFEGUARD_HOOKS = ['EpochSeedHook', 'FiniteCheckHook', 'LabelMapCheckHook']
+# The checkpoint hook each config inherits, (interval, by_epoch,
+# max_keep_ckpts): mmdet's default_runtime saves every epoch, mmseg's 160k
+# schedule every 16000 iterations; the toy configs save twice a run and
+# keep two files.
+CHECKPOINT = {
+    'mmdet': (1, True, -1),
+    'mmseg': (16000, False, -1),
+    'mask_rcnn_wavevit_toy_coco.py': (6, True, 2),
+    'retinanet_wavevit_toy_coco.py': (6, True, 2),
+    'upernet_wavevit_toy_ade20k.py': (300, False, 2),
+}
+
+
+def inherited_checkpoint(path, cfg):
+    return CHECKPOINT.get(os.path.basename(path),
+                          CHECKPOINT[cfg.default_scope])
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
+def test_config_states_the_safeguard_hooks(path):
+    cfg = Config.fromfile(path)
+    checkpoint = cfg.default_hooks.checkpoint
+    assert checkpoint.type == 'AtomicCheckpointHook'
+    assert (checkpoint.interval, checkpoint.get('by_epoch', True),
+            checkpoint.get('max_keep_ckpts', -1)) == \
+        inherited_checkpoint(path, cfg)
+    assert [hook.type for hook in cfg.custom_hooks] == SAFEGUARD_HOOKS
+    # what print(cfg.pretty_text) shows, and what a run from the dumped
+    # config (mmengine writes it to the work dir) gets
+    text = cfg.pretty_text
+    for name in ['AtomicCheckpointHook'] + SAFEGUARD_HOOKS:
+        assert f"type='{name}'" in text
+    dumped = Config.fromstring(text, '.py')
+    assert dumped.default_hooks.checkpoint == checkpoint
+    assert dumped.custom_hooks == cfg.custom_hooks
+
+
+@pytest.mark.parametrize('path', [
+    os.path.join(ROOT, 'configs', 'mask_rcnn_wavevit_b_coco.py'),
+    os.path.join(ROOT, 'configs', 'upernet_wavevit_s_ade20k.py'),
+    os.path.join(ROOT, 'projects', 'toy_shapes', 'configs',
+                 'retinanet_wavevit_toy_coco.py'),
+], ids=os.path.basename)
+def test_runner_from_a_config_has_the_safeguard_hooks(path, tmp_path):
+    from mmengine.hooks import CheckpointHook
+    from mmengine.runner import Runner
+
+    cfg = Config.fromfile(path)
+    cfg.work_dir = str(tmp_path)
+    runner = Runner.from_cfg(cfg)
+    names = [type(hook).__name__ for hook in runner.hooks]
+    assert all(names.count(name) == 1 for name in SAFEGUARD_HOOKS), names
+    [checkpoint] = [h for h in runner.hooks if isinstance(h, CheckpointHook)]
+    assert type(checkpoint).__name__ == 'AtomicCheckpointHook'
+    assert (checkpoint.interval, checkpoint.by_epoch,
+            checkpoint.max_keep_ckpts) == inherited_checkpoint(path, cfg)
+
+
+# --------------------------------------- frozen BatchNorm scale and shift
+
+# the stages 1-2 depths of the presets (wavelet attention)
+WAVELET_DEPTHS = {'s': [3, 4], 'b': [3, 4]}
+
+
+def batchnorms(module):
+    return [m for m in module.modules() if isinstance(m, _BatchNorm)]
+
+
+def build_backbone(cfg):
+    return WaveViT(**{k: v for k, v in cfg.model.backbone.items()
+                      if k not in ('type', 'init_cfg')})
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
+def test_backbone_batchnorm_scale_and_shift_are_frozen(path):
+    cfg = Config.fromfile(path)
+    arch = cfg.model.backbone.arch
+    assert cfg.model.backbone.norm_cfg == dict(type='BN', requires_grad=False)
+    backbone = build_backbone(cfg)
+    # the stem's three, `reduce` and `filter` of every wavelet attention
+    depths = arch.depths[:2] if isinstance(arch, dict) \
+        else WAVELET_DEPTHS[arch]
+    norms = batchnorms(backbone)
+    assert len(norms) == 3 + 2 * sum(depths)
+    frozen = {id(p) for m in norms for p in m.parameters()}
+    assert len(frozen) == 2 * len(norms)
+    for name, param in backbone.named_parameters():
+        assert param.requires_grad == (id(param) not in frozen), name
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCE))
+def test_training_step_keeps_batchnorm_affine_and_updates_statistics(name):
+    from mmengine.optim import build_optim_wrapper
+
+    cfg = Config.fromfile(os.path.join(ROOT, 'configs', name))
+    torch.manual_seed(0)
+    backbone = build_backbone(cfg).train()
+    optim_wrapper = build_optim_wrapper(backbone, cfg.optim_wrapper)
+    norms = batchnorms(backbone)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+
+    loss = sum(out.mean() for out in backbone(torch.randn(2, 3, 64, 64)))
+    optim_wrapper.update_params(loss)
+
+    after = backbone.state_dict()
+    for prefix in (n for n, m in backbone.named_modules() if m in norms):
+        for key in ('weight', 'bias'):
+            assert torch.equal(before[f'{prefix}.{key}'],
+                               after[f'{prefix}.{key}'])
+        assert not torch.equal(before[f'{prefix}.running_mean'],
+                               after[f'{prefix}.running_mean'])
+    stem_conv = 'stages.0.downsample.conv.0.weight'
+    assert not torch.equal(before[stem_conv], after[stem_conv])
+
+
+# -------------------------------------- GFL: longer side at most 1200
+
+def resize_scales(pipeline):
+    """The scales of every resize step of a pipeline, however nested."""
+    stack, scales = [pipeline], []
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if 'Resize' in item.get('type', ''):
+                if 'scale' in item:
+                    scales.append(item['scale'])
+                scales += item.get('scales', [])
+            stack += [v for v in item.values() if isinstance(v, (list, dict))]
+        elif isinstance(item, list):
+            stack += item
+    return [tuple(scale) for scale in scales]
+
+
+@pytest.mark.parametrize('name,long_side', [
+    ('gfl_wavevit_s_3x_coco.py', 1200),  # as the official GFL recipe
+    ('atss_wavevit_s_3x_coco.py', 1333),
+    ('cascade_mask_rcnn_wavevit_s_3x_coco.py', 1333),
+])
+def test_3x_recipe_longer_side_of_training_images(name, long_side):
+    cfg = Config.fromfile(os.path.join(ROOT, 'configs', name))
+    scales = resize_scales(cfg.train_dataloader.dataset.pipeline)
+    assert len(scales) == 11 + 3 + 11  # 480-800 step 32; 400-600; 480-800
+    assert {max(scale) for scale in scales} == {long_side}
+    # every recipe tests at 1333x800 (official too)
+    assert resize_scales(cfg.test_dataloader.dataset.pipeline) == [
+        (1333, 800)]
+
+
+def test_gfl_training_images_never_exceed_1200_on_the_longer_side():
+    import numpy as np
+    from mmdet.registry import TRANSFORMS
+    from mmdet.structures.bbox import HorizontalBoxes
+    from mmengine.registry import init_default_scope
+
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(os.path.join(ROOT, 'configs',
+                                       'gfl_wavevit_s_3x_coco.py'))
+    steps = [TRANSFORMS.build(step)
+             for step in cfg.train_dataloader.dataset.pipeline
+             if step.type not in ('LoadImageFromFile', 'LoadAnnotations',
+                                  'PackDetInputs')]
+    longest = []
+    for seed in range(30):
+        np.random.seed(seed)
+        height, width = [(600, 2400), (2400, 600), (1000, 1500)][seed % 3]
+        results = dict(
+            img=np.zeros((height, width, 3), np.uint8),
+            img_shape=(height, width), ori_shape=(height, width),
+            gt_bboxes=HorizontalBoxes(torch.tensor([[10., 10., 300., 300.]])),
+            gt_bboxes_labels=np.array([0]),
+            gt_ignore_flags=np.array([False]))
+        for step in steps:
+            results = step(results)
+        longest.append(max(results['img'].shape[:2]))
+    assert max(longest) == 1200

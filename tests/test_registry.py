@@ -8,10 +8,8 @@ import torch
 from mmengine.registry import DefaultScope
 
 import wavevit_mm
+from helpers import TINY
 from wavevit_mm import WaveViT
-
-TINY = dict(stem_width=8, embed_dims=[16, 32, 48, 64], num_heads=[1, 2, 3, 4],
-            mlp_ratios=[2, 2, 2, 2], depths=[1, 1, 1, 1], sr_ratios=[4, 2, 1, 1])
 
 
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
@@ -29,7 +27,7 @@ def test_registered_in_both_registries():
     from mmseg.registry import MODELS as SEG
     assert DET.get('WaveViT') is WaveViT
     assert SEG.get('WaveViT') is WaveViT
-    assert {'mmdet', 'mmseg'} <= set(wavevit_mm.register_all_modules())
+    assert {'mmdet', 'mmseg'} <= set(wavevit_mm.register_backbone())
 
 
 def test_config_file_with_custom_imports_builds_backbone(tmp_path):

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from typing import List, NamedTuple, Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
+
 TOY = os.path.join(ROOT, 'projects', 'toy_shapes')
 DET_CONFIG = os.path.join(TOY, 'configs', 'mask_rcnn_wavevit_toy_coco.py')
 SEG_CONFIG = os.path.join(TOY, 'configs', 'upernet_wavevit_toy_ade20k.py')

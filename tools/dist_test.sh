@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
 # Usage: tools/dist_test.sh CONFIG CHECKPOINT NPROC [test.py args]
+if [ "$#" -lt 3 ]; then
+    echo "usage: tools/dist_test.sh CONFIG CHECKPOINT NPROC [test.py args]" >&2
+    echo "  environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PORT (29500), PYTHON (python)" >&2
+    exit 2
+fi
 set -e
 CONFIG=$1
 CHECKPOINT=$2

@@ -2,6 +2,11 @@
 # Usage: tools/dist_train.sh CONFIG NPROC [train.py args]
 # Multi-node: NNODES, NODE_RANK, MASTER_ADDR and PORT as for torchrun.
 # Without GPUs the processes train on the CPU (gloo backend).
+if [ "$#" -lt 2 ]; then
+    echo "usage: tools/dist_train.sh CONFIG NPROC [train.py args]" >&2
+    echo "  environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PORT (29500), PYTHON (python)" >&2
+    exit 2
+fi
 set -e
 CONFIG=$1
 NPROC=$2

@@ -2,6 +2,9 @@
 segmentation overlay)."""
 import argparse
 
+from wavevit_mm.apis import describe, predict_image
+from wavevit_mm.errors import report_errors
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__)
@@ -20,12 +23,10 @@ def parse_args():
 
 def main():
     args = parse_args()
-    from wavevit_mm.demo import describe, run_demo
-    from wavevit_mm.errors import report_errors
     with report_errors('image_demo.py'):
-        result = run_demo(args.image, args.config, args.checkpoint,
-                          args.out_file, args.device, args.score_thr,
-                          args.opacity)
+        result = predict_image(args.image, args.config, args.checkpoint,
+                               args.out_file, args.device, args.score_thr,
+                               args.opacity)
     print(f'{describe(result, args.score_thr)}; drawing saved to '
           f'{args.out_file}')
 

@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
 # Usage: [GPUS=16] tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py args]
+if [ "$#" -lt 4 ]; then
+    echo "usage: [GPUS=16] tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py args]" >&2
+    echo "  environment: GPUS (8), GPUS_PER_NODE (8), CPUS_PER_TASK (5), SRUN_ARGS, PYTHON (python)" >&2
+    exit 2
+fi
 set -x
 PARTITION=$1
 JOB_NAME=$2

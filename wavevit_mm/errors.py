@@ -24,6 +24,15 @@ class DataError(InputError):
     """A dataset, image or label file that cannot be used."""
 
 
+class CheckpointError(InputError):
+    """A file that cannot be used as the weights asked for."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint whose unpickling would call something other than the
+    tensor, container and number constructors checkpoints need."""
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss or the weights stopped being finite during training."""
 

@@ -1,7 +1,10 @@
 """Registration of the backbone in the installed OpenMMLab model registries.
 
 ``import wavevit_mm`` makes ``type='WaveViT'`` buildable from mmdet and
-mmseg configs (and mmpretrain's, when it is installed). A package that is
+mmseg configs (and mmpretrain's, when it is installed). The hooks and the
+optimizer wrapper of :mod:`wavevit_mm.engine` and the checkpoint backend
+live in mmengine's root registries, which those packages' registries
+inherit from. A package that is
 not installed is skipped; one that is installed but broken raises its own
 import error instead of being hidden.
 """
@@ -14,7 +17,7 @@ from .models import WaveViT
 REGISTRY_PACKAGES = ('mmdet', 'mmseg', 'mmpretrain')
 
 
-def register_all_modules() -> List[str]:
+def register_backbone() -> List[str]:
     """Register :class:`WaveViT` in every installed package's ``MODELS``.
 
     Returns the names of the packages it is registered in.

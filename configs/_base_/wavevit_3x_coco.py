@@ -2,20 +2,28 @@
 # names are defined here, so this file combines with any mmdet base config;
 # the configs pick the pieces up with {{_base_.NAME}}.
 
-# DETR-style augmentation: shorter side 480-800, or resize 400-600 +
-# random 384-600 crop + resize 480-800
-ms_crop_resize_3x = dict(
-    type='RandomChoice',
-    transforms=[
-        [dict(type='RandomChoiceResize', keep_ratio=True,
-              scales=[(s, 1333) for s in range(480, 801, 32)])],
-        [dict(type='RandomChoiceResize', keep_ratio=True,
-              scales=[(400, 1333), (500, 1333), (600, 1333)]),
-         dict(type='RandomCrop', crop_type='absolute_range',
-              crop_size=(384, 600), allow_negative_crop=True),
-         dict(type='RandomChoiceResize', keep_ratio=True,
-              scales=[(s, 1333) for s in range(480, 801, 32)])],
-    ])
+
+def _ms_crop_resize(long_side):
+    """DETR-style augmentation: shorter side 480-800, or resize 400-600 +
+    random 384-600 crop + resize 480-800; longer side at most long_side."""
+    short_480_800 = [(s, long_side) for s in range(480, 801, 32)]
+    return dict(
+        type='RandomChoice',
+        transforms=[
+            [dict(type='RandomChoiceResize', keep_ratio=True,
+                  scales=short_480_800)],
+            [dict(type='RandomChoiceResize', keep_ratio=True,
+                  scales=[(400, long_side), (500, long_side),
+                          (600, long_side)]),
+             dict(type='RandomCrop', crop_type='absolute_range',
+                  crop_size=(384, 600), allow_negative_crop=True),
+             dict(type='RandomChoiceResize', keep_ratio=True,
+                  scales=short_480_800)],
+        ])
+
+
+ms_crop_resize_3x = _ms_crop_resize(1333)
+ms_crop_resize_3x_1200 = _ms_crop_resize(1200)  # the official GFL recipe
 
 train_cfg_3x = dict(type='EpochBasedTrainLoop', max_epochs=36, val_interval=1)
 param_scheduler_3x = [

@@ -2,6 +2,11 @@
 Haar transforms against pytorch_wavelets, measured in one run."""
 import argparse
 
+import torch
+from mmengine.logging import MMLogger
+
+import measure  # beside this file: the measurements
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__)
@@ -42,26 +47,21 @@ def parse_args():
 
 def main():
     args = parse_args()
-    import torch
-    from mmengine.logging import MMLogger
-
-    from wavevit_mm import benchmark
-
     # the tables only: no per-parameter initialisation reports from mmdet
     MMLogger.get_instance('benchmark', log_level='WARNING')
 
     device = torch.device(args.device)
     malloc = 'default'
     if args.malloc == 'retain' and device.type == 'cpu':
-        malloc = 'retain' if benchmark.retain_freed_memory() else \
+        malloc = 'retain' if measure.retain_freed_memory() else \
             'default (mallopt unavailable)'
     print(f'malloc: {malloc}\n')
-    names = args.backbones or list(benchmark.BACKBONES)
+    names = args.backbones or list(measure.BACKBONES)
     shape = (args.batch_size, 3, *args.shape)
     memory_shape = ((args.memory_shape[0], 3, *args.memory_shape[1:])
                     if args.memory_shape else None)
     if not args.skip_wavelets:
-        wave_rows = benchmark.wavelet_table(
+        wave_rows = measure.wavelet_table(
             [(2, 16, 200, 304), (2, 32, 100, 152)], max(args.repeat, 50),
             device)
         print('Haar DWT2D + IDWT2D, forward + backward, min / median times:')
@@ -78,7 +78,7 @@ def main():
             print(f'| {row["shape"]} | {times} | {row["speedup"]:.1f}x | '
                   f'{row["max_abs_diff"]:.1e} |')
     if args.train_config:
-        result = benchmark.train_throughput(
+        result = measure.train_throughput(
             args.train_config, tuple(args.train_shape), args.train_batch_size,
             args.repeat, device, args.amp)
         print(f'\ntraining {args.train_config} on {device} '
@@ -90,7 +90,7 @@ def main():
     if args.skip_backbones:
         return
 
-    rate, rows = benchmark.backbone_table(names, shape, args.repeat, device,
+    rate, rows = measure.backbone_table(names, shape, args.repeat, device,
                                           memory_shape)
     print(f'\ndevice: {device}, threads: {torch.get_num_threads()}, fp32, '
           f'input {tuple(shape)}, {args.repeat} repeats')

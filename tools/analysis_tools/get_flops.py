@@ -4,6 +4,8 @@ import argparse
 
 from mmengine.config import Config, DictAction
 
+from wavevit_mm.apis import model_complexity
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__)
@@ -17,7 +19,6 @@ def parse_args():
 
 def main():
     args = parse_args()
-    from wavevit_mm.analysis import model_complexity
     if len(args.shape) == 1:
         shape = (args.shape[0], args.shape[0])
     elif len(args.shape) == 2:

@@ -11,6 +11,10 @@ ending in .safetensors is written in that format. The result is verified
 import argparse
 import sys
 
+from wavevit_mm.apis import convert_checkpoint
+from wavevit_mm.errors import CheckpointError
+from wavevit_mm.models.pretrained import format_summary
+
 
 def parse_args():
     parser = argparse.ArgumentParser(
@@ -30,8 +34,6 @@ def parse_args():
 
 def main():
     args = parse_args()
-    from wavevit_mm.checkpoint import (CheckpointError, convert_checkpoint,
-                                       format_summary)
     try:
         report = convert_checkpoint(args.src, args.dst, arch=args.arch,
                                     force=args.force, trusted=args.trusted)

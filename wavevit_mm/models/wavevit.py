@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops import DWT2D, IDWT2D
+from .official import NUM_STAGES
+from .pretrained import load_pretrained
 
 # LayerNorm eps of the official implementation: 1e-6 in the blocks and after
 # each stage, PyTorch's default 1e-5 after the stem/downsampling convolutions
@@ -64,12 +66,12 @@ def attend(q: Tensor, k: Tensor, v: Tensor, fused: bool = True) -> Tensor:
     """softmax(q k^T / sqrt(d)) v over (B, heads, N, d) tensors.
 
     ``fused`` uses ``F.scaled_dot_product_attention``, which never keeps the
-    (N, M) attention matrix; the explicit form is the official formulation,
-    kept for inspection and comparison.
+    (N, M) attention matrix; the explicit form is the official formulation
+    (scores scaled after the product), kept for inspection and comparison.
     """
     if fused:
         return F.scaled_dot_product_attention(q, k, v)
-    attn = (q * q.shape[-1]**-0.5) @ k.transpose(-2, -1)
+    attn = (q @ k.transpose(-2, -1)) * q.shape[-1]**-0.5
     return attn.softmax(dim=-1) @ v
 
 
@@ -312,7 +314,8 @@ class WaveViT(BaseModule):
         init_cfg: mmengine init config; ``dict(type='Pretrained',
             checkpoint=PATH)`` loads backbone weights strictly from an
             official ImageNet checkpoint, a converted one or a whole
-            mmdet/mmseg model (see :mod:`wavevit_mm.checkpoint`);
+            mmdet/mmseg model, a path or a URL (see
+            :mod:`wavevit_mm.models.pretrained`);
             ``trusted=True`` also unpickles files that could run code.
     """
 
@@ -327,7 +330,7 @@ class WaveViT(BaseModule):
                   num_heads=(3, 6, 12, 16), mlp_ratios=(8, 8, 4, 4),
                   depths=(3, 6, 18, 3), sr_ratios=(4, 2, 1, 1)),
     }
-    num_stages = 4
+    num_stages = NUM_STAGES
     num_wavelet_stages = 2  # stages 1-2 use wavelet attention, 3-4 global
 
     def __init__(self,
@@ -435,7 +438,6 @@ class WaveViT(BaseModule):
         """Official initialisation, or strict loading of pretrained weights."""
         if isinstance(self.init_cfg, dict) and \
                 self.init_cfg.get('type') == 'Pretrained':
-            from ..checkpoint import load_pretrained
             load_pretrained(self, self.init_cfg['checkpoint'],
                             prefix=self.init_cfg.get('prefix'),
                             trusted=self.init_cfg.get('trusted', False))

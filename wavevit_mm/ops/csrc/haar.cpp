@@ -169,6 +169,25 @@ void idwt_nhwc(const scalar_t* src, scalar_t* dst, int64_t B, int64_t C,
   });
 }
 
+// An uninitialised (B, C, H, W) output in the memory layout of the input.
+Tensor empty_output(const Tensor& x, std::vector<int64_t> shape, bool cl) {
+  return at::empty(shape, x.options(),
+                   cl ? at::MemoryFormat::ChannelsLast
+                      : at::MemoryFormat::Contiguous);
+}
+
+// kernel(src, dst) on the typed data of x and out, for every dtype the
+// transforms support.
+template <typename Kernel>
+Tensor run_typed(const Tensor& x, Tensor out, const Kernel& kernel) {
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, x.scalar_type(), "haar_transform", [&] {
+        kernel(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
+      });
+  return out;
+}
+
 }  // namespace
 
 // (B, C, H, W) -> (B, 4C, ceil(H/2), ceil(W/2)).
@@ -177,21 +196,14 @@ Tensor haar_dwt2d(const Tensor& input) {
   const bool cl = is_channels_last(input);
   const Tensor x = cl ? input : input.contiguous();
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  Tensor out = at::empty({B, 4 * C, (H + 1) / 2, (W + 1) / 2}, x.options(),
-                         cl ? at::MemoryFormat::ChannelsLast
-                            : at::MemoryFormat::Contiguous);
-  if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kBFloat16, at::kHalf, x.scalar_type(), "haar_dwt2d", [&] {
-        const scalar_t* src = x.const_data_ptr<scalar_t>();
-        scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-        if (cl) {
-          dwt_nhwc(src, dst, B, C, H, W);
-        } else {
-          dwt_nchw(src, dst, B, C, H, W);
-        }
-      });
-  return out;
+  Tensor out = empty_output(x, {B, 4 * C, (H + 1) / 2, (W + 1) / 2}, cl);
+  return run_typed(x, out, [&](const auto* src, auto* dst) {
+    if (cl) {
+      dwt_nhwc(src, dst, B, C, H, W);
+    } else {
+      dwt_nchw(src, dst, B, C, H, W);
+    }
+  });
 }
 
 // (B, 4C, h, w) -> (B, C, height, width) with 2h - 1 <= height <= 2h and
@@ -210,21 +222,14 @@ Tensor haar_idwt2d(const Tensor& input, int64_t height, int64_t width) {
   TORCH_CHECK(H <= 2 * h && H >= 2 * h - 1 && W <= 2 * w && W >= 2 * w - 1,
               "haar_idwt2d: an output of ", H, "x", W,
               " does not fit bands of ", h, "x", w);
-  Tensor out = at::empty({B, C, H, W}, x.options(),
-                         cl ? at::MemoryFormat::ChannelsLast
-                            : at::MemoryFormat::Contiguous);
-  if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kBFloat16, at::kHalf, x.scalar_type(), "haar_idwt2d", [&] {
-        const scalar_t* src = x.const_data_ptr<scalar_t>();
-        scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-        if (cl) {
-          idwt_nhwc(src, dst, B, C, h, w, H, W);
-        } else {
-          idwt_nchw(src, dst, B, C, h, w, H, W);
-        }
-      });
-  return out;
+  Tensor out = empty_output(x, {B, C, H, W}, cl);
+  return run_typed(x, out, [&](const auto* src, auto* dst) {
+    if (cl) {
+      idwt_nhwc(src, dst, B, C, h, w, H, W);
+    } else {
+      idwt_nchw(src, dst, B, C, h, w, H, W);
+    }
+  });
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -1,13 +1,8 @@
-"""Speed and memory measurements behind ``tools/analysis_tools/benchmark.py``.
+"""Speed and memory measurements behind ``benchmark.py`` (beside it).
 
 Everything a table row needs is measured in the same process (peak memory
 on the CPU in a fresh child process), so ratios between rows, and against
 the machine's matmul rate, are free of machine-to-machine noise.
-
-The *official formulation* (:class:`OfficialFormulation`) is this network
-computed the way the official implementation computes it, with the same
-weights and outputs, so it shows what the formulation alone costs; no
-official code is needed.
 """
 import ctypes
 import ctypes.util
@@ -19,132 +14,24 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
+from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import init_default_scope
+from pytorch_wavelets import DWTForward, DWTInverse
 from torch import Tensor, nn
 
-from .models import WaveViT
-from .ops import DWT2D, IDWT2D
-
-
-# ------------------------------------------------- official formulation
-
-def _haar_filters(like: Tensor) -> Tensor:
-    """(4, 1, 2, 2) orthonormal Haar analysis filters, LL LH HL HH."""
-    lo = torch.tensor([0.5**0.5, 0.5**0.5], dtype=like.dtype,
-                      device=like.device)
-    hi = torch.tensor([0.5**0.5, -0.5**0.5], dtype=like.dtype,
-                      device=like.device)
-    pairs = ((lo, lo), (hi, lo), (lo, hi), (hi, hi))   # (rows, columns)
-    return torch.stack([r[:, None] * c[None, :] for r, c in pairs])[:, None]
-
-
-def conv_haar_dwt(x: Tensor) -> Tensor:
-    """Haar DWT as four strided depthwise convolutions (even sizes)."""
-    x = x.contiguous()
-    channels = x.shape[1]
-    bands = [F.conv2d(x, f.expand(channels, -1, -1, -1), stride=2,
-                      groups=channels) for f in _haar_filters(x)]
-    return torch.cat(bands, dim=1)
-
-
-def conv_haar_idwt(x: Tensor) -> Tensor:
-    """Haar inverse DWT as a grouped transposed convolution."""
-    batch, channels4, height, width = x.shape
-    channels = channels4 // 4
-    x = x.view(batch, 4, channels, height, width).transpose(1, 2)
-    x = x.reshape(batch, channels4, height, width)
-    filters = _haar_filters(x).repeat(channels, 1, 1, 1)
-    return F.conv_transpose2d(x, filters, stride=2, groups=channels)
-
-
-def _explicit_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    # as the official code: the (B, heads, N, M) scores are scaled, a pass
-    # that models.wavevit.attend(fused=False) saves by scaling q instead
-    attn = (q @ k.transpose(-2, -1)) * q.shape[-1]**-0.5
-    return attn.softmax(dim=-1) @ v
-
-
-class OfficialFormulation(nn.Module):
-    """A :class:`WaveViT` computed step by step the way the official
-    implementation computes it, with the same weights and outputs.
-
-    Tokens are permuted to NCHW around every convolution, the Haar
-    transforms are grouped (transposed) convolutions with fixed filters on
-    contiguous copies, and the attention matrices are materialised with an
-    explicit softmax. Inputs must be divisible by 32 (the official code has
-    no padding). It exists to measure what the formulation costs.
-    """
-
-    def __init__(self, model: WaveViT) -> None:
-        super().__init__()
-        self.model = model
-
-    @staticmethod
-    def _ffn(ffn, x: Tensor, height: int, width: int) -> Tensor:
-        batch, _, dim = x.shape
-        x = ffn.fc1(x)
-        x = x.transpose(1, 2).view(batch, -1, height, width)
-        x = ffn.dwconv(x).flatten(2).transpose(1, 2)
-        return ffn.fc2(ffn.act(x))
-
-    @staticmethod
-    def _attend(attn, x: Tensor, kv_tokens: Tensor) -> Tensor:
-        """Multi-head attention of x's queries over kv_tokens, (B, N, C)."""
-        batch, num_tokens, dim = x.shape
-        heads = attn.num_heads
-        q = attn.q(x).reshape(batch, num_tokens, heads, -1).permute(0, 2, 1, 3)
-        kv = attn.kv(kv_tokens).reshape(batch, -1, 2, heads, dim // heads)
-        k, v = kv.permute(2, 0, 3, 1, 4)
-        x = _explicit_attention(q, k, v).transpose(1, 2)
-        return x.reshape(batch, num_tokens, dim)
-
-    def _global_attention(self, attn, x: Tensor, height: int, width: int
-                          ) -> Tensor:
-        return attn.proj(self._attend(attn, x, x))
-
-    def _wavelet_attention(self, attn, x: Tensor, height: int, width: int
-                           ) -> Tensor:
-        batch, _, dim = x.shape
-        bands = x.view(batch, height, width, dim).permute(0, 3, 1, 2)
-        bands = attn.filter(conv_haar_dwt(attn.reduce(bands)))
-        local = conv_haar_idwt(bands)
-        local = local.view(batch, -1, height * width).transpose(1, 2)
-        kv = attn.kv_embed(bands).reshape(batch, dim, -1).permute(0, 2, 1)
-        return attn.proj(torch.cat([self._attend(attn, x, kv), local], -1))
-
-    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        if x.shape[2] % 32 or x.shape[3] % 32:
-            raise ValueError(f'the official formulation needs sizes '
-                             f'divisible by 32, got {tuple(x.shape[2:])}')
-        outs = []
-        for i, stage in enumerate(self.model.stages):
-            down = stage.downsample
-            if i == 0:
-                x = down.conv(x)
-            x = down.proj(x)
-            batch, _, height, width = x.shape
-            x = down.norm(x.flatten(2).transpose(1, 2))
-            for block in stage.blocks:
-                attention = (self._wavelet_attention
-                             if hasattr(block.attn, 'kv_embed') else
-                             self._global_attention)
-                x = x + block.drop_path(
-                    attention(block.attn, block.norm1(x), height, width))
-                x = x + block.drop_path(
-                    self._ffn(block.mlp, block.norm2(x), height, width))
-            x = stage.norm(x).reshape(batch, height, width, -1)
-            x = x.permute(0, 3, 1, 2).contiguous()
-            if i in self.model.out_indices:
-                outs.append(x)
-        return tuple(outs)
+from official_formulation import (OfficialFormulation, conv_haar_dwt,
+                                  conv_haar_idwt)
+from wavevit_mm import DWT2D, IDWT2D, WaveViT
+from wavevit_mm.apis import apply_train_options, build_model, synthetic_inputs
+from wavevit_mm.apis.complexity import count_complexity
 
 
 # ------------------------------------------------------------- backbones
 
 def _mmdet_backbone(cfg: Dict) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
-        from mmdet.registry import MODELS
-        from mmengine.registry import init_default_scope
+        from mmdet.registry import MODELS  # needs mmcv's compiled ops
         init_default_scope('mmdet')
         return MODELS.build(cfg)
     return build
@@ -236,7 +123,6 @@ def matmul_rate(device: torch.device, size: int = 4096, repeat: int = 5,
 
 
 def multiply_adds(model: nn.Module, image: Tensor) -> int:
-    from .analysis import count_complexity
     with torch.no_grad():
         return int(count_complexity(model, (image, ))['flops'])
 
@@ -363,7 +249,6 @@ def wavelet_table(shapes: List[Tuple[int, ...]], repeat: int,
     At these sizes a step is a few large allocations and a few passes over
     memory, so the times depend on how the allocator recycles memory as
     much as on the kernels."""
-    from pytorch_wavelets import DWTForward, DWTInverse
     oracle_dwt = DWTForward(J=1, wave='haar', mode='zero').to(device)
     oracle_idwt = DWTInverse(wave='haar', mode='zero').to(device)
 
@@ -402,52 +287,12 @@ def wavelet_table(shapes: List[Tuple[int, ...]], repeat: int,
 
 # ------------------------------------------------------ training throughput
 
-def synthetic_detection_batch(batch_size: int, shape: Tuple[int, int],
-                              num_classes: int, device: torch.device,
-                              boxes_per_image: int = 8, seed: int = 0
-                              ) -> Tuple[Tensor, list]:
-    """Images and mmdet data samples with random boxes, labels and box-shaped
-    masks, as a Mask R-CNN training step consumes them."""
-    from mmdet.structures import DetDataSample
-    from mmdet.structures.mask import BitmapMasks
-    from mmengine.structures import InstanceData
-    generator = torch.Generator().manual_seed(seed)
-    height, width = shape
-    inputs = torch.randn(batch_size, 3, height, width, generator=generator)
-    samples = []
-    for _ in range(batch_size):
-        corner = torch.rand(boxes_per_image, 2, generator=generator)
-        size = 0.1 + 0.4 * torch.rand(boxes_per_image, 2, generator=generator)
-        scale = torch.tensor([width, height])
-        top_left = (corner * (1 - size) * scale).floor()
-        bottom_right = (top_left + size * scale).ceil()
-        bboxes = torch.cat([top_left, bottom_right], dim=1)
-        masks = torch.zeros(boxes_per_image, height, width, dtype=torch.uint8)
-        for mask, (x1, y1, x2, y2) in zip(masks, bboxes.long().tolist()):
-            mask[y1:y2, x1:x2] = 1
-        sample = DetDataSample(metainfo=dict(
-            img_shape=shape, ori_shape=shape, pad_shape=shape,
-            batch_input_shape=shape, scale_factor=(1.0, 1.0)))
-        sample.gt_instances = InstanceData(
-            bboxes=bboxes.to(device),
-            labels=torch.randint(num_classes, (boxes_per_image, ),
-                                 generator=generator).to(device),
-            masks=BitmapMasks(masks.numpy(), height, width))
-        samples.append(sample)
-    return inputs.to(device), samples
-
-
 def train_throughput(config: str, shape: Tuple[int, int], batch_size: int,
                      repeat: int, device: torch.device, amp: bool = False
                      ) -> Dict:
     """Images per second of full training steps (forward, losses, backward,
     optimizer step) of the detector in ``config`` on a synthetic batch, with
     the config's optimizer; ``amp`` as ``tools/train.py --amp``."""
-    from mmengine.config import Config
-    from mmengine.optim import build_optim_wrapper
-
-    from .analysis import build_model
-    from .runner import apply_train_options
     cfg = Config.fromfile(config)
     apply_train_options(cfg, amp=amp)
     model = build_model(cfg).to(device).train()
@@ -458,8 +303,10 @@ def train_throughput(config: str, shape: Tuple[int, int], batch_size: int,
                          f'model (model.roi_head.bbox_head or '
                          f'model.bbox_head); is it a detector config?')
     num_classes = head.num_classes
-    inputs, samples = synthetic_detection_batch(batch_size, shape,
-                                                num_classes, device)
+    inputs, samples = synthetic_inputs('mmdet', shape, batch_size,
+                                       num_objects=8, num_classes=num_classes)
+    inputs = inputs.to(device)
+    samples = [sample.to(device) for sample in samples]
     losses = []
 
     def step() -> None:

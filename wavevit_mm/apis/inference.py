@@ -1,15 +1,17 @@
 """Inference on one image and a drawing of the result, for
 ``tools/image_demo.py``: boxes and masks with mmdet's visualizer, or the
-segmentation overlay with mmseg's."""
+segmentation overlay with mmseg's (imported for the config's scope only:
+either package may be absent)."""
 import os
 from typing import Optional
 
+import mmcv
 import numpy as np
 
-from .checkpoint import check_model_fits, read_model_weights
-from .errors import DataError
-from .runner import (check_backbone_config, load_config,
-                     safe_checkpoint_loading, scope_of)
+from ..checkpoint import read_once
+from ..errors import DataError
+from .config import check_backbone_config, load_config, scope_of
+from .model_checkpoint import check_model_fits, read_model_weights
 
 
 def read_image(path: str) -> np.ndarray:
@@ -18,7 +20,6 @@ def read_image(path: str) -> np.ndarray:
     Raises FileNotFoundError / DataError naming the file when it is
     missing or not a readable image.
     """
-    import mmcv
     if not os.path.isfile(path):
         raise FileNotFoundError(f'image file not found: {path}')
     try:
@@ -31,14 +32,22 @@ def read_image(path: str) -> np.ndarray:
     return image
 
 
-def run_demo(image_path: str, config: str, checkpoint: str, out_file: str,
-             device: str = 'cpu', score_thr: float = 0.3,
-             opacity: float = 0.5) -> object:
+def predict_image(image_path: str, config: str, checkpoint: str,
+                  out_file: str, device: str = 'cpu', score_thr: float = 0.3,
+                  opacity: float = 0.5) -> object:
     """Predict on ``image_path`` and write the drawing to ``out_file``.
 
     Returns the prediction (a DetDataSample or SegDataSample).
     """
     image = read_image(image_path)
+    with read_once():  # checked here, then loaded by init_detector/model
+        return _predict(image, config, checkpoint, out_file, device,
+                        score_thr, opacity)
+
+
+def _predict(image: np.ndarray, config: str, checkpoint: str,
+             out_file: str, device: str, score_thr: float,
+             opacity: float) -> object:
     weights = read_model_weights(checkpoint)
     cfg = load_config(config)
     scope = scope_of(cfg)
@@ -48,8 +57,7 @@ def run_demo(image_path: str, config: str, checkpoint: str, out_file: str,
     if scope == 'mmdet':
         from mmdet.apis import inference_detector, init_detector
         from mmdet.registry import VISUALIZERS
-        with safe_checkpoint_loading():
-            model = init_detector(cfg, checkpoint, device=device)
+        model = init_detector(cfg, checkpoint, device=device)
         check_model_fits(weights, model, checkpoint)
         result = inference_detector(model, image[..., ::-1].copy())  # BGR
         visualizer = VISUALIZERS.build(model.cfg.visualizer)
@@ -59,8 +67,7 @@ def run_demo(image_path: str, config: str, checkpoint: str, out_file: str,
             out_file=out_file, pred_score_thr=score_thr)
     else:
         from mmseg.apis import inference_model, init_model, show_result_pyplot
-        with safe_checkpoint_loading():
-            model = init_model(cfg, checkpoint, device=device)
+        model = init_model(cfg, checkpoint, device=device)
         check_model_fits(weights, model, checkpoint)
         result = inference_model(model, image[..., ::-1].copy())
         show_result_pyplot(model, image, result, opacity=opacity,

@@ -1,4 +1,4 @@
-"""The training hooks on a small model trained by mmengine's Runner:
+"""wavevit_mm.engine.hooks, on a small model trained by mmengine's Runner:
 checkpoints that survive a failed write, exact resumption, and a stop at
 the first non-finite loss or weight."""
 import os
@@ -13,9 +13,9 @@ from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch import nn
 
-from wavevit_mm.checkpoint import safe_load
+from wavevit_mm.apis import find_resume_checkpoint
+from wavevit_mm.checkpoint import load_checkpoint
 from wavevit_mm.errors import TrainingDivergedError
-from wavevit_mm.runner import find_resume_checkpoint, safe_checkpoint_loading
 
 # 8 samples, 2 per batch: 4 iterations per epoch
 DATA = [dict(inputs=torch.full((4, ), float(i))) for i in range(8)]
@@ -73,12 +73,11 @@ def make_runner(work_dir, max_epochs=3, seed_hook=True, model=None,
 
 
 def train(runner):
-    with safe_checkpoint_loading():
-        return runner.train()
+    return runner.train()
 
 
 def weights(path):
-    return safe_load(str(path))['state_dict']
+    return load_checkpoint(str(path))['state_dict']
 
 
 def last_checkpoint(work_dir):

@@ -1,7 +1,7 @@
 """Model complexity (multiply-adds and parameters) with mmengine's
 analysis tools, for whole detectors/segmentors built from configs."""
 import copy
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 from mmengine.analysis import FlopAnalyzer, parameter_count
@@ -11,7 +11,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from torch import nn
 
-from .runner import scope_of
+from .config import scope_of
 
 
 def build_model(cfg: Config, load_pretrained: bool = False) -> nn.Module:
@@ -66,22 +66,46 @@ class _TensorForward(nn.Module):
         return self.model._forward(inputs, self.data_samples)
 
 
-def dummy_inputs(scope: str, shape: Tuple[int, int], batch_size: int = 1
-                 ) -> Tuple[torch.Tensor, Optional[list]]:
-    """A normalised image batch and matching data samples of ``shape``."""
-    inputs = torch.randn(batch_size, 3, *shape)
+def synthetic_inputs(scope: str, shape: Tuple[int, int],
+                     batch_size: int = 1, num_objects: int = 0,
+                     num_classes: int = 1, seed: int = 0
+                     ) -> Tuple[torch.Tensor, list]:
+    """A random image batch of ``shape`` (H, W) and matching data samples.
+
+    Detection samples carry ``num_objects`` random boxes per image with
+    labels and box-filled masks, as a Mask R-CNN training step consumes
+    them (none: only the empty targets query-based heads read).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(batch_size, 3, *shape, generator=generator)
     meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape,
                 batch_input_shape=shape, scale_factor=(1.0, 1.0))
-    if scope == 'mmdet':
-        from mmdet.structures import DetDataSample
-        from mmengine.structures import InstanceData
-        samples = [DetDataSample(metainfo=meta) for _ in range(batch_size)]
-        for sample in samples:  # query-based heads read (empty) targets
-            sample.gt_instances = InstanceData(
-                bboxes=torch.zeros(0, 4), labels=torch.zeros(0).long())
-    else:
+    if scope == 'mmseg':
         from mmseg.structures import SegDataSample
-        samples = [SegDataSample(metainfo=meta) for _ in range(batch_size)]
+        return inputs, [SegDataSample(metainfo=meta)
+                        for _ in range(batch_size)]
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    height, width = shape
+    samples = []
+    for _ in range(batch_size):
+        corner = torch.rand(num_objects, 2, generator=generator)
+        size = 0.1 + 0.4 * torch.rand(num_objects, 2, generator=generator)
+        scale = torch.tensor([width, height])
+        top_left = (corner * (1 - size) * scale).floor()
+        bottom_right = (top_left + size * scale).ceil()
+        bboxes = torch.cat([top_left, bottom_right], dim=1)
+        masks = torch.zeros(num_objects, height, width, dtype=torch.uint8)
+        for mask, (x1, y1, x2, y2) in zip(masks, bboxes.long().tolist()):
+            mask[y1:y2, x1:x2] = 1
+        sample = DetDataSample(metainfo=meta)
+        sample.gt_instances = InstanceData(
+            bboxes=bboxes,
+            labels=torch.randint(num_classes, (num_objects, ),
+                                 generator=generator),
+            masks=BitmapMasks(masks.numpy(), height, width))
+        samples.append(sample)
     return inputs, samples
 
 
@@ -89,6 +113,6 @@ def model_complexity(cfg: Config, shape: Tuple[int, int]) -> Dict:
     """Multiply-adds ('flops' in mmengine's naming) and parameters of the
     whole model for one image of ``shape`` (H, W)."""
     model = build_model(cfg)
-    inputs, samples = dummy_inputs(scope_of(cfg), shape)
+    inputs, samples = synthetic_inputs(scope_of(cfg), shape)
     with torch.no_grad():
         return count_complexity(_TensorForward(model, samples), (inputs, ))

@@ -1,4 +1,5 @@
-"""DWT2D / IDWT2D against pytorch_wavelets, the oracle.
+"""wavevit_mm.ops.wavelet: DWT2D / IDWT2D against pytorch_wavelets, the
+oracle.
 
 Every test runs twice: with the compiled CPU kernels and with the
 pure-PyTorch formulation (used on GPUs and where the kernels are not built).

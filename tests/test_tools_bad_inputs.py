@@ -16,18 +16,9 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
+from helpers import RunsCode
 from toy_runs import DET_CONFIG, SEG_CONFIG, run_process, run_tool, tool
 from wavevit_mm import WaveViT
-
-
-class RunsCode:
-    """Unpickles to os.system(command): what a malicious file does."""
-
-    def __init__(self, command):
-        self.command = command
-
-    def __reduce__(self):
-        return os.system, (self.command, )
 
 
 def build_toy_model(config):

@@ -17,9 +17,10 @@ import time
 import pytest
 import torch
 
+from helpers import globals_torch_refuses
 from toy_runs import DET_CONFIG, ENV, run_process, tool
-from wavevit_mm.checkpoint import CheckpointError, safe_load
-from wavevit_mm.runner import find_resume_checkpoint
+from wavevit_mm.apis import find_resume_checkpoint
+from wavevit_mm.checkpoint import CheckpointError, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +57,7 @@ def epoch_losses(log, epoch):
 
 
 def state_dict(path):
-    return safe_load(str(path))['state_dict']
+    return load_checkpoint(str(path))['state_dict']
 
 
 @pytest.fixture(scope='module')
@@ -107,7 +108,7 @@ def test_load_from_reads_an_mmengine_checkpoint(toy_workspace,
     the message hub's HistoryBuffer unless it is allow-listed."""
     checkpoint = uninterrupted[0] / 'epoch_2.pth'
     assert 'mmengine.logging.history_buffer.HistoryBuffer' in \
-        torch.serialization.get_unsafe_globals_in_checkpoint(str(checkpoint))
+        globals_torch_refuses(str(checkpoint))
     log = train(tmp_path, toy_workspace, options=[
         f'load_from={checkpoint}', 'train_cfg.max_epochs=1',
         'train_cfg.val_interval=1'])
@@ -123,8 +124,7 @@ DIES_WHILE_SAVING = textwrap.dedent('''
     from mmengine.fileio import LocalBackend
     from mmengine.model import BaseModel
     from mmengine.runner import Runner
-    from wavevit_mm.runner import find_resume_checkpoint
-    from wavevit_mm.runner import safe_checkpoint_loading
+    from wavevit_mm.apis import find_resume_checkpoint
 
     hook, work_dir, mode = sys.argv[1:]
     put, writes = LocalBackend.put, []
@@ -161,8 +161,7 @@ DIES_WHILE_SAVING = textwrap.dedent('''
         default_hooks=dict(checkpoint=dict(type=hook, interval=1,
                                            max_keep_ckpts=1)),
         resume=resume_from is not None, load_from=resume_from)
-    with safe_checkpoint_loading():
-        runner.train()
+    runner.train()
 ''')
 
 

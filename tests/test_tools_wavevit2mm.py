@@ -8,11 +8,10 @@ import sys
 import pytest
 import torch
 
-from official_layout import official_state_dict
+from helpers import ROOT, RunsCode
+from official_layout import backbone_state_dict, official_state_dict
 from wavevit_mm import WaveViT
-from wavevit_mm.checkpoint import convert_official
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'model_converters', 'wavevit2mm.py')
 
 
@@ -33,7 +32,7 @@ def assert_backbone_weights(state_dict, arch='s'):
     model = WaveViT(arch)
     result = model.load_state_dict(state_dict, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
-    expected, _ = convert_official(official_state_dict(arch))
+    expected = backbone_state_dict(arch)
     assert all(torch.equal(state_dict[k], v) for k, v in expected.items())
 
 
@@ -79,11 +78,7 @@ def test_wrong_arch_is_a_clear_error_naming_the_file_arch(tmp_path):
 
 def test_refuses_malicious_pickle_unless_trusted(tmp_path):
     marker = tmp_path / 'payload_ran'
-
-    class RunsCode:
-        def __reduce__(self):
-            return os.system, (f'touch {marker}', )
-    src = official_file(tmp_path, extra=RunsCode())
+    src = official_file(tmp_path, extra=RunsCode(f'touch {marker}'))
     result = convert(src, tmp_path / 'out.pth')
     assert result.returncode != 0
     assert str(src) in result.stderr and '--trusted' in result.stderr

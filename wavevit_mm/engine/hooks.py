@@ -1,5 +1,6 @@
-"""Training hooks that keep a run recoverable; ``tools/train.py`` adds them
-to every config (:func:`wavevit_mm.runner.add_safeguards`).
+"""Training hooks that keep a run recoverable. The shipped configs name
+them (``configs/_base_/safeguards.py``), so ``print(cfg.pretty_text)``
+shows every hook a run uses.
 
 * :class:`AtomicCheckpointHook` -- mmengine's CheckpointHook, but a
   checkpoint file only ever appears complete, and older ones are deleted
@@ -19,95 +20,65 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 from mmengine.dist import is_main_process
-from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop, set_random_seed
+from PIL import Image
 
-from .errors import DataError, TrainingDivergedError
-
-TMP_SUFFIX = '.tmp'
-
-
-def _fsync(path: str) -> None:
-    """Flush a file (or a folder's entries) to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_atomically(tmp: str, dst: str) -> None:
-    """Move the complete file ``tmp`` to ``dst`` in one step, durably."""
-    _fsync(tmp)
-    os.replace(tmp, dst)
-    _fsync(osp.dirname(osp.abspath(dst)))
-
-
-def write_text_atomically(path: str, text: str) -> None:
-    tmp = osp.join(osp.dirname(osp.abspath(path)),
-                   f'.{osp.basename(path)}{TMP_SUFFIX}')
-    with open(tmp, 'w') as f:
-        f.write(text)
-    replace_atomically(tmp, path)
+from ..checkpoint import AtomicLocalBackend, is_temporary
+from ..errors import DataError, TrainingDivergedError
 
 
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
     """CheckpointHook (same arguments) whose files are never half-written.
 
-    mmengine's hook deletes the oldest checkpoint (``max_keep_ckpts``), then
-    writes the new one in place, then ``last_checkpoint``: killed while
+    mmengine's hook deletes the oldest checkpoint (``max_keep_ckpts``) or
+    the previous best one, then writes the new one in place: killed while
     writing, it leaves a truncated file and, with ``max_keep_ckpts=1``, no
-    usable one. Here the checkpoint is written to a hidden temporary file,
-    flushed to disk and renamed; ``last_checkpoint`` is replaced the same
-    way; only then are outdated checkpoints deleted. Other storage backends
-    than the local disk are written as mmengine does.
+    usable one. Here checkpoints on the local disk are written through
+    :class:`~wavevit_mm.checkpoint.AtomicLocalBackend` (a hidden temporary
+    file, flushed and renamed), and outdated ones are deleted only after
+    the new one is in place. Other storage backends are written as
+    mmengine does.
     """
+
+    def __init__(self, *args, out_dir: Optional[str] = None,
+                 backend_args: Optional[dict] = None,
+                 file_client_args: Optional[dict] = None, **kwargs) -> None:
+        local = (backend_args is None and file_client_args is None
+                 and (out_dir is None or '://' not in str(out_dir)))
+        if local:
+            backend_args = dict(backend='atomic_local')
+        super().__init__(*args, out_dir=out_dir, backend_args=backend_args,
+                         file_client_args=file_client_args, **kwargs)
+
+    def _atomic_backend(self) -> Optional[AtomicLocalBackend]:
+        backend = getattr(self, 'file_backend', None)
+        return backend if isinstance(backend, AtomicLocalBackend) else None
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
-        if self._is_local() and is_main_process() and osp.isdir(self.out_dir):
+        if self._atomic_backend() and is_main_process() and \
+                osp.isdir(self.out_dir):
             for name in os.listdir(self.out_dir):  # left by a killed run
-                if name.startswith('.') and name.endswith(TMP_SUFFIX):
+                if is_temporary(name):
                     os.remove(osp.join(self.out_dir, name))
-
-    def _is_local(self) -> bool:
-        return isinstance(self.file_backend, LocalBackend)
 
     def _save_checkpoint_with_step(self, runner, step: int,
                                    meta: Dict) -> None:
-        if not self._is_local():
+        backend = self._atomic_backend()
+        if backend is None:
             return super()._save_checkpoint_with_step(runner, step, meta)
-        outdated = []
-        if self.max_keep_ckpts > 0 and (not self.keep_ckpt_ids
-                                        or self.keep_ckpt_ids[-1] != step):
-            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
-                outdated.append(self.keep_ckpt_ids.popleft())
-            self.keep_ckpt_ids.append(step)
-            runner.message_hub.update_info('keep_ckpt_ids',
-                                           list(self.keep_ckpt_ids))
-        filename = self.filename_tmpl.format(step)
-        self.last_ckpt = osp.join(self.out_dir, filename)
-        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        with backend.removals_deferred():
+            super()._save_checkpoint_with_step(runner, step, meta)
 
-        tmp_name = f'.{filename}{TMP_SUFFIX}'
-        runner.save_checkpoint(
-            self.out_dir, tmp_name, self.file_client_args,
-            save_optimizer=self.save_optimizer,
-            save_param_scheduler=self.save_param_scheduler, meta=meta,
-            by_epoch=self.by_epoch, backend_args=self.backend_args,
-            **self.args)
-        if not is_main_process():
-            return
-        replace_atomically(osp.join(self.out_dir, tmp_name), self.last_ckpt)
-        write_text_atomically(osp.join(runner.work_dir, 'last_checkpoint'),
-                              self.last_ckpt)
-        for old_step in outdated:
-            path = osp.join(self.out_dir, self.filename_tmpl.format(old_step))
-            if osp.isfile(path):
-                os.remove(path)
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        backend = self._atomic_backend()
+        if backend is None:
+            return super()._save_best_checkpoint(runner, metrics)
+        with backend.removals_deferred():
+            super()._save_best_checkpoint(runner, metrics)
 
 
 @HOOKS.register_module()
@@ -233,7 +204,6 @@ def label_map_problems(dataset, limit: int = 3) -> List[str]:
     Only the image headers are read. Datasets without label maps (or on
     storage other than the local disk) give none.
     """
-    from PIL import Image
     problems: List[str] = []
     for leaf in _leaf_datasets(dataset):
         if not hasattr(leaf, 'get_data_info'):

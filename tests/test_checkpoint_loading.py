@@ -1,0 +1,208 @@
+"""wavevit_mm.checkpoint.loading: checkpoint files are read without running
+code from them. Files that are no checkpoint get an error naming them;
+pickles that call anything beyond the allow-list are refused, including
+attribute lookups through the ``getattr`` guard; mmengine's own objects
+read back."""
+import os
+import pathlib
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from mmengine.logging import HistoryBuffer
+from mmengine.runner import CheckpointLoader
+
+from helpers import BAD_FILES, ROOT, RunsCode, save, write_bad_file
+from wavevit_mm.checkpoint import (MODEL_TRUST_HINT, SAFE_GLOBALS,
+                                   CheckpointError, UnsafeCheckpointError,
+                                   load_checkpoint)
+from wavevit_mm.checkpoint.loading import _history_buffer_method
+
+
+# ------------------------------------------------------------ bad files
+
+@pytest.mark.parametrize('kind,error_type,message', BAD_FILES)
+def test_file_that_is_no_checkpoint_gets_one_line_naming_it(
+        tmp_path, kind, error_type, message):
+    path = os.path.join(str(tmp_path), 'wavevit_s.pth')
+    write_bad_file(kind, path)
+    with pytest.raises(error_type, match=message) as error:
+        load_checkpoint(path)
+    assert path in str(error.value)
+    assert '\n' not in str(error.value)
+
+
+# --------------------------------------------------------------- safety
+
+@pytest.mark.parametrize('legacy', [False, True])
+def test_malicious_pickle_is_refused_and_does_not_run(tmp_path, legacy):
+    marker = tmp_path / 'payload_ran'
+    path = save(tmp_path, dict(state_dict={'w': torch.zeros(2)},
+                               meta=RunsCode(f'touch {marker}')),
+                _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(UnsafeCheckpointError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert message.startswith(f'Refusing to load {path}: unpickling it '
+                              f'would call {os.system.__module__}.system')
+    assert message.endswith(MODEL_TRUST_HINT)
+    assert not marker.exists()
+
+
+def test_mmengine_loader_reads_through_the_same_guard(tmp_path):
+    """mmengine's CheckpointLoader (load_from, --resume, mmdet's and
+    mmseg's own tools) reads local files with load_checkpoint."""
+    marker = tmp_path / 'payload_ran'
+    path = save(tmp_path, dict(meta=RunsCode(f'touch {marker}')))
+    with pytest.raises(UnsafeCheckpointError, match='posix.system'):
+        CheckpointLoader.load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_trusted_loads_what_the_allow_list_refuses(tmp_path):
+    """A harmless object outside the allow-list (a path in the saved
+    command line) is refused by default and loads when trusted."""
+    path = save(tmp_path, dict(state_dict={'w': torch.ones(2)},
+                               data_dir=pathlib.PurePosixPath('/data')))
+    with pytest.raises(UnsafeCheckpointError, match='pathlib.PurePosixPath'):
+        load_checkpoint(path)
+    checkpoint = load_checkpoint(path, trusted=True)
+    assert checkpoint['data_dir'] == pathlib.PurePosixPath('/data')
+    assert torch.equal(checkpoint['state_dict']['w'], torch.ones(2))
+
+
+# ------------------------------------------------- the getattr guard
+
+class Getattr:
+    """Unpickles to ``getattr(owner, name)``; ``owner`` may itself be a
+    Getattr, unpickled first."""
+
+    def __init__(self, owner, name):
+        self.owner, self.name = owner, name
+
+    def __reduce__(self):
+        return getattr, (self.owner, self.name)
+
+    def __call__(self, *args):  # pickle wants a callable to reduce to
+        return getattr(self.owner, self.name)(*args)
+
+
+class Call:
+    """Unpickles to ``function(*args)``, ``function`` unpickled first
+    (e.g. a :class:`Getattr`): what a payload does with a lookup."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+class HistoryBufferSubclass(HistoryBuffer):
+    pass
+
+
+ALLOWED_LOOKUPS = ['mean', 'min', 'max', 'current']
+REFUSED_LOOKUPS = {
+    'class': (HistoryBuffer, '__class__'),
+    'init': (HistoryBuffer, '__init__'),
+    'reduce_ex': (HistoryBuffer, '__reduce_ex__'),
+    'private_attribute': (HistoryBuffer, '_statistics_methods'),
+    'classmethod': (HistoryBuffer, 'register_statistics'),
+    'ndarray_tofile': (np.ndarray, 'tofile'),
+    'ndarray_class': (np.ndarray, '__class__'),
+    'namespace_of_a_method': (Getattr(HistoryBuffer, 'mean'), '__globals__'),
+}
+
+
+@pytest.mark.parametrize('name', ALLOWED_LOOKUPS)
+def test_history_buffer_statistics_lookup_loads(tmp_path, name):
+    """What mmengine's HistoryBuffer pickles: getattr(HistoryBuffer, name)
+    for its statistics methods."""
+    path = save(tmp_path, dict(method=Getattr(HistoryBuffer, name)))
+    assert load_checkpoint(path)['method'] is getattr(HistoryBuffer, name)
+
+
+@pytest.mark.parametrize('legacy', [False, True])
+@pytest.mark.parametrize('lookup', REFUSED_LOOKUPS.values(),
+                         ids=list(REFUSED_LOOKUPS))
+def test_other_attribute_lookups_are_refused(tmp_path, lookup, legacy):
+    owner, name = lookup
+    path = save(tmp_path, dict(state_dict={'w': torch.zeros(2)},
+                               meta=Getattr(owner, name)),
+                _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert path in message and repr(name) in message
+    assert '\n' not in message
+
+
+@pytest.mark.parametrize('legacy', [False, True])
+def test_payload_through_a_lookup_does_not_run(tmp_path, legacy):
+    """getattr(numpy.ndarray, 'tofile')(array, marker) writes a file: it
+    does when the checkpoint is trusted, never otherwise."""
+    marker = tmp_path / 'payload_ran'
+    path = save(tmp_path, dict(meta=Call(Getattr(np.ndarray, 'tofile'),
+                                         np.arange(3.0), str(marker))),
+                _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(CheckpointError, match="'tofile'"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    load_checkpoint(path, trusted=True)  # the payload is real
+    assert marker.exists()
+
+
+@pytest.mark.parametrize('name', ALLOWED_LOOKUPS)
+def test_guard_returns_history_buffer_statistics_methods(name):
+    assert _history_buffer_method(HistoryBuffer, name) is \
+        getattr(HistoryBuffer, name)
+
+
+@pytest.mark.parametrize('owner,name', list(REFUSED_LOOKUPS.values()) + [
+    (HistoryBuffer(), 'mean'),            # an instance, not the class
+    (HistoryBufferSubclass, 'mean'),      # a class that could add methods
+    (os, 'system'),
+], ids=list(REFUSED_LOOKUPS) + ['instance', 'subclass', 'os_system'])
+def test_guard_refuses_everything_else(owner, name):
+    if isinstance(owner, Getattr):
+        owner = getattr(owner.owner, owner.name)
+    with pytest.raises(pickle.UnpicklingError, match='is not allowed'):
+        _history_buffer_method(owner, name)
+
+
+# ------------------------------------------------ mmengine's checkpoints
+
+def test_load_checkpoint_restores_mmengine_objects(runner_checkpoint):
+    checkpoint = load_checkpoint(runner_checkpoint)
+    lr = checkpoint['message_hub']['log_scalars']['train/lr']
+    assert isinstance(lr, HistoryBuffer)
+    # lr 1e-3 warmed up linearly from 0.1x at iteration 0 to 1x at
+    # iteration end - 1 = 1 (mmengine's LinearLR, end=2)
+    np.testing.assert_allclose(lr.data[0], [1e-4, 1e-3], rtol=1e-6)
+    assert lr.mean() == pytest.approx(5.5e-4)
+    assert isinstance(checkpoint['message_hub']['runtime_info']['eta'],
+                      np.floating)
+    assert checkpoint['meta']['epoch'] == 1
+
+
+def test_allow_list_is_registered_when_the_plugin_is_imported(
+        runner_checkpoint):
+    """Importing wavevit_mm lets every weights-only torch.load (mmengine's,
+    mmdet's tools) read mmengine's checkpoints."""
+    registered = set(map(repr, torch.serialization.get_safe_globals()))
+    assert set(map(repr, SAFE_GLOBALS)) <= registered
+    checkpoint = torch.load(runner_checkpoint, weights_only=True)
+    assert isinstance(checkpoint['message_hub']['log_scalars']['train/lr'],
+                      HistoryBuffer)
+
+
+def test_nothing_switches_weights_only_loading_off():
+    assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
+    for folder in ('wavevit_mm', 'tools'):
+        for base, _, files in os.walk(os.path.join(ROOT, folder)):
+            for name in files:
+                if name.endswith(('.py', '.sh')):
+                    with open(os.path.join(base, name)) as f:
+                        assert 'TORCH_FORCE_NO_WEIGHTS_ONLY' not in f.read()

@@ -1,0 +1,111 @@
+"""Pretrained weights from a URL: served by a real HTTP server on
+127.0.0.1, downloaded once into the torch hub cache, read weights-only."""
+import http.server
+import os
+import threading
+
+import pytest
+import torch
+from mmengine.runner import CheckpointLoader
+
+from official_layout import official_stage_outputs, official_state_dict
+from wavevit_mm import WaveViT
+from wavevit_mm.checkpoint import (CheckpointError, UnsafeCheckpointError,
+                                   load_checkpoint)
+
+
+class Payload:
+    """Unpickles to os.system(command): what a malicious file does."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command, )
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """Serves tmp_path/served over HTTP on 127.0.0.1; the hub cache is
+    tmp_path/torch_home. Yields (base URL, served folder, request log)."""
+    served = tmp_path / 'served'
+    served.mkdir()
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def do_GET(self):
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f'http://127.0.0.1:{httpd.server_address[1]}', served, requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_official_checkpoint_from_a_url_loads_strictly_and_once(
+        server, tmp_path):
+    base, served, requests = server
+    state_dict = official_state_dict('s', seed=3)
+    torch.save(dict(state_dict=state_dict, epoch=300), served / 'wavevit_s.pth')
+    url = f'{base}/wavevit_s.pth'
+
+    model = WaveViT('s', init_cfg=dict(type='Pretrained', checkpoint=url))
+    model.init_weights()
+    model.eval()
+    cached = tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'wavevit_s.pth'
+    assert cached.read_bytes() == (served / 'wavevit_s.pth').read_bytes()
+    assert requests == ['/wavevit_s.pth']
+    image = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ours = model(image)
+    for a, b in zip(ours, official_stage_outputs(state_dict, 's', image)):
+        torch.testing.assert_close(a.double(), b, atol=5e-5, rtol=1e-5)
+
+    # read again, by us and through mmengine's loader: from the cache
+    again = WaveViT('s', init_cfg=dict(type='Pretrained', checkpoint=url))
+    again.init_weights()
+    through_mmengine = CheckpointLoader.load_checkpoint(url)
+    assert requests == ['/wavevit_s.pth']
+    assert torch.equal(through_mmengine['state_dict']['head.weight'],
+                       state_dict['head.weight'])
+    for key, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+
+
+def test_malicious_checkpoint_from_a_url_is_refused_without_running(
+        server, tmp_path):
+    base, served, requests = server
+    marker = tmp_path / 'payload_ran'
+    torch.save(dict(state_dict=official_state_dict('s'),
+                    meta=Payload(f'touch {marker}')),
+               served / 'wavevit_s.pth')
+    model = WaveViT('s', init_cfg=dict(type='Pretrained',
+                                       checkpoint=f'{base}/wavevit_s.pth'))
+    with pytest.raises(UnsafeCheckpointError,
+                       match='Refusing to load .*wavevit_s.pth: unpickling '
+                       'it would call posix.system'):
+        model.init_weights()
+    assert not marker.exists()
+    with pytest.raises(UnsafeCheckpointError):
+        CheckpointLoader.load_checkpoint(f'{base}/wavevit_s.pth')
+    assert not marker.exists()
+
+
+def test_a_url_that_cannot_be_downloaded_is_named(server):
+    base, _, _ = server
+    with pytest.raises(CheckpointError,
+                       match=f'Could not download the checkpoint {base}/'
+                       f'missing.pth: HTTP error 404'):
+        load_checkpoint(f'{base}/missing.pth')

@@ -1,0 +1,301 @@
+"""Reading checkpoint files without running code from them.
+
+Checkpoint files are untrusted input: a ``.pth`` file is a pickle, and
+unpickling can call anything. :func:`load_checkpoint` reads
+
+* local files, after checking they are checkpoints at all (zip or legacy
+  ``torch.save`` pickles, ``.safetensors``);
+* ``http(s)://`` URLs, downloaded once into the torch hub cache
+  (``$TORCH_HOME/hub/checkpoints``) and then read as local files;
+* every other storage scheme mmengine's ``CheckpointLoader`` knows
+  (``s3://``, ``petrel://``, ...) through that loader;
+
+always with ``torch.load(weights_only=True)``. On top of tensors,
+containers and numbers, only :data:`SAFE_GLOBALS` may be unpickled: what
+official Wave-ViT training scripts and mmengine's Runner store. The list is
+registered with ``torch.serialization.add_safe_globals`` when this module
+is imported (``import wavevit_mm``, which every config does through
+``custom_imports``), and this reader is registered as mmengine's loader for
+local files and URLs, so ``load_from``, ``--resume`` and mmdet's and
+mmseg's own tools read these checkpoints the same way.
+
+Within :func:`read_once`, a file read to check it is handed to the next
+reader (e.g. mmengine's Runner) without being deserialized again.
+"""
+import argparse
+import contextlib
+import inspect
+import os
+import os.path as osp
+import pickle
+import re
+import urllib.error
+import urllib.parse
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from mmengine.dist import barrier, get_dist_info
+from mmengine.logging import HistoryBuffer, print_log
+from mmengine.runner import CheckpointLoader
+
+from ..errors import CheckpointError, UnsafeCheckpointError
+
+try:  # numpy 2 moved numpy.core to numpy._core; 1.26 has both
+    from numpy._core.multiarray import _reconstruct, scalar
+except ImportError:
+    from numpy.core.multiarray import _reconstruct, scalar
+
+
+def _history_buffer_method(owner: Any, name: str) -> Callable:
+    """Stands in for ``builtins.getattr`` while unpickling.
+
+    mmengine's HistoryBuffer pickles its statistics methods as
+    ``getattr(HistoryBuffer, 'mean')``; any other attribute lookup, which
+    could reach arbitrary objects, is refused.
+    """
+    if owner is HistoryBuffer and not name.startswith('_') and \
+            inspect.isfunction(vars(HistoryBuffer).get(name)):
+        return getattr(owner, name)
+    raise pickle.UnpicklingError(
+        f'getattr({owner!r}, {name!r}) is not allowed in a checkpoint')
+
+
+_NUMPY_DTYPES = sorted(
+    {type(np.dtype(code))
+     for code in '?' + np.typecodes['AllInteger'] + np.typecodes['AllFloat']},
+    key=lambda cls: cls.__name__)
+
+#: Globals allowed while unpickling a checkpoint, beyond the tensors,
+#: containers and numbers ``torch.load(weights_only=True)`` accepts anyway.
+SAFE_GLOBALS: List[Union[Callable, Tuple[Callable, str]]] = [
+    # official training scripts: the parsed command line ('args')
+    argparse.Namespace,
+    # mmengine Runner: the message hub's log buffers ...
+    HistoryBuffer,
+    (_history_buffer_method, 'builtins.getattr'),
+    # ... and numpy scalars and arrays in logs and runtime info (numpy 1.x
+    # and 2.x module names)
+    np.ndarray,
+    np.dtype,
+    *_NUMPY_DTYPES,
+    (_reconstruct, 'numpy.core.multiarray._reconstruct'),
+    (_reconstruct, 'numpy._core.multiarray._reconstruct'),
+    (scalar, 'numpy.core.multiarray.scalar'),
+    (scalar, 'numpy._core.multiarray.scalar'),
+]
+torch.serialization.add_safe_globals(SAFE_GLOBALS)
+
+#: How a refused whole-model checkpoint can still be used.
+MODEL_TRUST_HINT = (
+    "Checkpoints saved by mmengine's Runner never need more; if you trust "
+    "the file's origin, load it once with torch.load(weights_only=False) "
+    "and save its 'state_dict' entry alone with torch.save.")
+
+FORMAT_NAMES = dict(torch='PyTorch', pickle='legacy PyTorch (pickle)',
+                    safetensors='safetensors')
+# Leading bytes of files that are sometimes mistaken for checkpoints.
+FILE_SIGNATURES = (
+    (b'\x89PNG', 'a PNG image'),
+    (b'\xff\xd8\xff', 'a JPEG image'),
+    (b'GIF8', 'a GIF image'),
+    (b'%PDF', 'a PDF document'),
+    (b'\x1f\x8b', 'a gzip archive'),
+)
+URL_SCHEMES = ('http://', 'https://')
+
+
+def _safe_global_names() -> List[str]:
+    return [entry[1] if isinstance(entry, tuple)
+            else f'{entry.__module__}.{entry.__qualname__}'
+            for entry in SAFE_GLOBALS]
+
+
+def _describe_content(head: bytes) -> str:
+    """What the first bytes of a non-checkpoint file look like."""
+    for signature, kind in FILE_SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    if all(32 <= byte < 127 or byte in b'\t\n\r' for byte in head):
+        text = ' '.join(head.decode('ascii').split())
+        return f'text ({text[:40]!r}...)'
+    return f'an unknown format (first bytes {head[:8].hex(" ")})'
+
+
+def checkpoint_format(path: str) -> str:
+    """``'torch'`` (zip), ``'pickle'`` (legacy torch.save) or
+    ``'safetensors'``, from the file's leading bytes.
+
+    Raises FileNotFoundError or CheckpointError, naming the file, for
+    anything that is not a checkpoint at all.
+    """
+    if not osp.exists(path):
+        raise FileNotFoundError(f'Checkpoint file not found: {path}.')
+    if osp.isdir(path):
+        raise CheckpointError(
+            f'{path} is a directory, not a checkpoint file.')
+    size = osp.getsize(path)
+    if size == 0:
+        raise CheckpointError(
+            f'{path} is empty (0 bytes), not a checkpoint: an interrupted '
+            f'download or copy? Fetch the file again.')
+    with open(path, 'rb') as file:
+        head = file.read(64)
+    if head.startswith(b'PK\x03\x04'):
+        return 'torch'
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return 'pickle'
+    if head[8:9] == b'{' and int.from_bytes(head[:8], 'little') < size:
+        return 'safetensors'  # header length, then a JSON header
+    raise CheckpointError(
+        f'{path} is not a checkpoint: it looks like {_describe_content(head)}'
+        f', not a file written by torch.save or safetensors ({size} bytes).')
+
+
+def _disallowed_globals(path: str, error: Exception) -> List[str]:
+    """The globals a refused pickle wanted, minus those we allow."""
+    names = set(re.findall(r'GLOBAL (\S+)', str(error)))
+    try:
+        names.update(torch.serialization.get_unsafe_globals_in_checkpoint(
+            path))
+    except Exception:  # only zip checkpoints can be listed this way
+        pass
+    return sorted(names - set(_safe_global_names()))
+
+
+def _reader_error(error: Exception) -> str:
+    """The informative first sentence of a reader's error message."""
+    text = str(error)
+    unpickler = re.search(r'WeightsUnpickler error:\s*(.+?)(?:\n\n|$)', text,
+                          re.S)
+    if unpickler:
+        text = unpickler[1]
+    sentence = text.strip().split('\n')[0].split('. ')[0]
+    return sentence[:200] or type(error).__name__
+
+
+def _load_safetensors(path: str) -> Dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:  # an optional dependency
+        raise CheckpointError(
+            f'{path} is a safetensors file; reading it needs the '
+            f'safetensors package (pip install safetensors).') from None
+    return load_file(path)
+
+
+def _load_local(path: str, trusted: bool, trust_hint: str) -> Any:
+    """A local checkpoint file, read as :func:`load_checkpoint` says."""
+    kind = checkpoint_format(path)
+    size = osp.getsize(path)
+    try:
+        if kind == 'safetensors':
+            return _load_safetensors(path)
+        return torch.load(path, map_location='cpu', weights_only=not trusted)
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError as error:
+        offending = [] if trusted else _disallowed_globals(path, error)
+        if offending:
+            raise UnsafeCheckpointError(
+                f'Refusing to load {path}: unpickling it would call '
+                f'{", ".join(offending)}, which is not one of the tensor, '
+                f'container and number types checkpoints hold; a file like '
+                f'this can run arbitrary code when loaded. {trust_hint}'
+            ) from None
+        reason = _reader_error(error)
+    except Exception as error:  # torch, zip and safetensors readers
+        reason = _reader_error(error)
+    raise CheckpointError(
+        f'{path} could not be read as a {FORMAT_NAMES[kind]} checkpoint '
+        f'({size} bytes): {reason}. The file is probably truncated or corrupt '
+        f'(an interrupted download or copy?) or was not written by '
+        f'torch.save or safetensors.')
+
+
+def download(url: str) -> str:
+    """The local copy of ``url`` in the torch hub cache, downloaded first if
+    it is not there (by rank 0 first in a distributed run)."""
+    name = osp.basename(urllib.parse.urlparse(url).path)
+    if not name:
+        raise CheckpointError(f'{url} names no file to download.')
+    folder = osp.join(torch.hub.get_dir(), 'checkpoints')
+    path = osp.join(folder, name)
+    rank, world_size = get_dist_info()
+    for turn in range(2 if world_size > 1 else 1):
+        if (rank == 0) == (turn == 0) and not osp.isfile(path):
+            os.makedirs(folder, exist_ok=True)
+            print_log(f'Downloading {url} to {path}', logger='current')
+            try:  # written to a temporary file, moved into place when done
+                torch.hub.download_url_to_file(url, path, progress=False)
+            except (urllib.error.URLError, OSError, ValueError) as error:
+                reason = (f'HTTP error {error.code} ({error.reason})'
+                          if isinstance(error, urllib.error.HTTPError) else
+                          getattr(error, 'reason', None) or error)
+                raise CheckpointError(
+                    f'Could not download the checkpoint {url}: {reason}. '
+                    f'Download it yourself and pass the local file.'
+                ) from None
+        if world_size > 1 and turn == 0:
+            barrier()
+    return path
+
+
+_read_once_cache: Optional[Dict[str, Any]] = None
+
+
+@contextlib.contextmanager
+def read_once() -> Iterator[None]:
+    """Within the context, a checkpoint is deserialized once: the object a
+    read returns is kept for the next read of the same file, which takes it
+    (so a tool can check a file, then let mmengine's Runner load it)."""
+    global _read_once_cache
+    outer, _read_once_cache = _read_once_cache, {}
+    try:
+        yield
+    finally:
+        _read_once_cache = outer
+
+
+def load_checkpoint(filename: str, trusted: bool = False,
+                    trust_hint: str = MODEL_TRUST_HINT) -> Any:
+    """Load a checkpoint (local file, URL or other storage) without running
+    code from it, onto the CPU.
+
+    Pickled files go through ``torch.load(weights_only=True)`` with only
+    :data:`SAFE_GLOBALS` allowed on top of tensors, containers and numbers;
+    ``.safetensors`` files cannot hold code at all. ``trusted=True``
+    unpickles anything, for legacy files from a trusted source;
+    ``trust_hint`` ends the message of a refused file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError: unpickling would call a global that is not
+            allowed; names the file and the global.
+        CheckpointError: empty, truncated or corrupt files, files that are
+            no checkpoint at all, failed downloads.
+    """
+    filename = str(filename)
+    is_url = filename.startswith(URL_SCHEMES)
+    local = not is_url and '://' not in filename
+    key = osp.realpath(osp.expanduser(filename)) if local else filename
+    cache = _read_once_cache
+    if cache is not None and key in cache:
+        return cache.pop(key)
+    if is_url:
+        checkpoint = _load_local(download(filename), trusted, trust_hint)
+    elif local:
+        checkpoint = _load_local(osp.expanduser(filename), trusted,
+                                 trust_hint)
+    else:  # s3://, petrel://, ...: mmengine's loader, weights-only
+        checkpoint = CheckpointLoader.load_checkpoint(filename, 'cpu')
+    if cache is not None:
+        cache[key] = checkpoint
+    return checkpoint
+
+
+@CheckpointLoader.register_scheme(prefixes=('', ) + URL_SCHEMES, force=True)
+def load_from_wavevit_mm(filename: str, map_location=None) -> Any:
+    """mmengine's loader for local files and URLs: :func:`load_checkpoint`
+    (tensors come on the CPU; the Runner moves them where they belong)."""
+    return load_checkpoint(filename)

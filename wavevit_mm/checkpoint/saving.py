@@ -1,0 +1,133 @@
+"""Writing checkpoints so that a file only ever appears complete.
+
+:func:`atomic_write` is the one way files are written here: into a hidden
+temporary file beside the destination, flushed to the disk, then moved
+into place with one ``os.replace``. A process killed, or a disk full, at
+any moment leaves either the old file or the new one, never half of one,
+and no temporary file after a failure it survives.
+:class:`AtomicLocalBackend` is mmengine's local file backend written that
+way, for the checkpoint hook.
+"""
+import contextlib
+import os
+import os.path as osp
+import uuid
+from typing import Dict, Iterator, List, Optional
+
+import torch
+from mmengine.fileio import LocalBackend, register_backend
+from torch import Tensor
+
+from ..errors import CheckpointError
+
+#: Temporary files are ``.<name>.<random>.tmp`` beside their destination.
+TMP_SUFFIX = '.tmp'
+
+
+def _fsync(path: str) -> None:
+    """Flush a file (or a folder's entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of :func:`atomic_write`'s temporaries."""
+    return name.startswith('.') and name.endswith(TMP_SUFFIX)
+
+
+@contextlib.contextmanager
+def atomic_write(dst: str) -> Iterator[str]:
+    """Yield a temporary path beside ``dst`` to write the file to.
+
+    When the block ends normally the file is flushed to the disk and
+    replaces ``dst`` in one step (and the folder entry is flushed); when it
+    raises, the temporary file is removed and ``dst`` is left as it was.
+    """
+    folder = osp.dirname(osp.abspath(dst))
+    os.makedirs(folder, exist_ok=True)
+    tmp = osp.join(folder, f'.{osp.basename(dst)}.{uuid.uuid4().hex[:8]}'
+                           f'{TMP_SUFFIX}')
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, dst)
+        _fsync(folder)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    with atomic_write(path) as tmp, open(tmp, 'w') as file:
+        file.write(text)
+
+
+def save_weights(state_dict: Dict[str, Tensor], path: str,
+                 meta: Dict[str, str], safetensors: bool = False) -> None:
+    """Write a state dict with safetensors, or with ``torch.save`` as
+    ``{'state_dict': ..., 'meta': ...}`` (not atomic by itself: write to
+    the path :func:`atomic_write` gives)."""
+    if not safetensors:
+        torch.save(dict(state_dict=state_dict, meta=meta), path)
+        return
+    try:
+        from safetensors.torch import save_file
+    except ImportError:  # an optional dependency
+        raise CheckpointError(
+            'writing .safetensors needs the safetensors package (pip '
+            'install safetensors)') from None
+    save_file({k: v.detach().contiguous() for k, v in state_dict.items()},
+              path, metadata=meta)
+
+
+@register_backend('atomic_local')
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend, writing with :func:`atomic_write`.
+
+    Inside :meth:`removals_deferred`, removals wait until the block ends
+    normally (and are dropped if it raises), so a new checkpoint can be
+    written before the one it replaces is deleted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._deferred: Optional[List[str]] = None
+
+    def put(self, obj: bytes, filepath) -> None:
+        with atomic_write(str(filepath)) as tmp:
+            super().put(obj, tmp)
+
+    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+        with atomic_write(str(filepath)) as tmp:
+            super().put_text(obj, tmp, encoding)
+
+    def remove(self, filepath) -> None:
+        if self._deferred is None:
+            super().remove(filepath)
+        else:
+            self._deferred.append(str(filepath))
+
+    def rmtree(self, dir_path) -> None:
+        if self._deferred is None:
+            super().rmtree(dir_path)
+        else:
+            self._deferred.append(str(dir_path))
+
+    @contextlib.contextmanager
+    def removals_deferred(self) -> Iterator[None]:
+        if self._deferred is not None:  # nested: the outer block decides
+            yield
+            return
+        self._deferred = deferred = []
+        try:
+            yield
+        finally:
+            self._deferred = None
+        for path in deferred:  # only reached when the block succeeded
+            if osp.isdir(path):
+                super().rmtree(path)
+            elif osp.exists(path):
+                super().remove(path)

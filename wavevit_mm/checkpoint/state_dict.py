@@ -1,0 +1,86 @@
+"""State-dict surgery: where the weights sit in a loaded checkpoint, key
+prefixes, and whether a state dict fits a module exactly."""
+from typing import Any, Dict, List, Optional, Tuple
+
+from torch import Tensor
+
+from ..errors import CheckpointError
+
+#: Entries under which training scripts store the state dict.
+WRAPPER_KEYS = ('state_dict', 'model')
+#: The key prefix of DistributedDataParallel.
+DDP_PREFIX = 'module.'
+
+
+def is_state_dict(value: Any) -> bool:
+    """A non-empty dict of tensors with string keys."""
+    return isinstance(value, dict) and bool(value) and all(
+        isinstance(k, str) and isinstance(v, Tensor)
+        for k, v in value.items())
+
+
+def unwrap_state_dict(checkpoint: Any
+                      ) -> Tuple[Dict[str, Tensor], Optional[str]]:
+    """The state dict of a loaded checkpoint and the entry holding it.
+
+    Accepts a bare state dict or one under ``'state_dict'`` / ``'model'``
+    (the official and mmengine training scripts; an EMA copy under
+    ``'state_dict_ema'`` is not used). The ``module.`` prefix of
+    DistributedDataParallel is removed. Raises CheckpointError (without the
+    file name) otherwise.
+    """
+    if is_state_dict(checkpoint):
+        return strip_ddp_prefix(checkpoint), None
+    if isinstance(checkpoint, dict):
+        for key in WRAPPER_KEYS:
+            if is_state_dict(checkpoint.get(key)):
+                return strip_ddp_prefix(checkpoint[key]), key
+        entries = ', '.join(repr(k) for k in list(checkpoint)[:8])
+        raise CheckpointError(
+            f'holds no state dict of tensors: expected one at the top level '
+            f'or under {" or ".join(map(repr, WRAPPER_KEYS))}, found the '
+            f'entries {entries or "(none)"}')
+    raise CheckpointError(
+        f'holds a {type(checkpoint).__name__}, not a state dict of tensors')
+
+
+def strip_prefix(state_dict: Dict[str, Tensor], prefix: str
+                 ) -> Tuple[Dict[str, Tensor], List[str]]:
+    """The entries under ``prefix`` without it, and the other keys."""
+    inside = {k[len(prefix):]: v for k, v in state_dict.items()
+              if k.startswith(prefix)}
+    outside = [k for k in state_dict if not k.startswith(prefix)]
+    return inside, outside
+
+
+def strip_ddp_prefix(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """``state_dict`` without the ``module.`` prefix that every key has when
+    it was saved from a DistributedDataParallel model."""
+    if all(k.startswith(DDP_PREFIX) for k in state_dict):
+        return strip_prefix(state_dict, DDP_PREFIX)[0]
+    return state_dict
+
+
+def fit_problems(state_dict: Dict[str, Tensor], own: Dict[str, Tensor],
+                 target: str) -> List[str]:
+    """What keeps ``state_dict`` from loading strictly into a module with
+    state dict ``own`` (missing keys, extra keys, other shapes), one phrase
+    each; empty when it fits. ``target`` names the module in the phrases."""
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state_dict)
+                        if own[k].shape != state_dict[k].shape)
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} {target} weights are missing from '
+                        f'the file (e.g. {", ".join(missing[:3])})')
+    if unexpected:
+        problems.append(f'{len(unexpected)} are not in the {target} (e.g. '
+                        f'{", ".join(unexpected[:3])})')
+    if mismatched:
+        key = mismatched[0]
+        problems.append(
+            f'{len(mismatched)} have another shape (e.g. {key}: '
+            f'{tuple(state_dict[key].shape)} in the file, '
+            f'{tuple(own[key].shape)} in the {target})')
+    return problems

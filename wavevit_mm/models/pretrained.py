@@ -1,0 +1,178 @@
+"""Backbone weights from checkpoint files, loaded strictly.
+
+Three kinds of files hold Wave-ViT backbone weights:
+
+* official ImageNet classification checkpoints, renamed on the fly
+  (:mod:`.official`);
+* backbone-only files written by the converter
+  (``tools/model_converters/wavevit2mm.py``), ``.pth`` or ``.safetensors``;
+* mmdet / mmseg checkpoints of a whole model saved by mmengine's Runner,
+  whose backbone keys start with ``backbone.``.
+
+Loading is strict: a missing or mis-shaped backbone weight is an error that
+says which arch the file holds, never a silent fall-back to random
+initialisation. Files are read by :func:`wavevit_mm.checkpoint
+.load_checkpoint` (local, URL or other storage; weights-only).
+"""
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from mmengine.logging import MMLogger
+from torch import Tensor, nn
+
+from ..checkpoint import (CheckpointError, fit_problems, is_state_dict,
+                          load_checkpoint, strip_prefix, unwrap_state_dict)
+from ..checkpoint.state_dict import WRAPPER_KEYS
+from .official import (arch_name, convert_official, describe_arch,
+                       entry_label, has_wavevit_weights, infer_arch,
+                       is_official)
+
+TRUST_HINT = (
+    "If you trust the file's origin (e.g. a legacy checkpoint you saved "
+    "yourself), load it with init_cfg=dict(type='Pretrained', "
+    "checkpoint=..., trusted=True), or convert it once with "
+    "tools/model_converters/wavevit2mm.py --trusted and use the converted "
+    "file.")
+OUTSIDE_BACKBONE = 'entries outside the backbone'
+
+
+@dataclass
+class LoadReport:
+    """Where backbone weights came from and what was left out."""
+
+    filename: str
+    source: str
+    arch: str
+    num_tensors: int
+    dropped: Dict[str, List[str]] = field(default_factory=dict)
+    ignored_entries: List[str] = field(default_factory=list)
+
+
+def format_summary(report: LoadReport) -> str:
+    """One readable summary of a load, a few lines."""
+    lines = [f'{report.arch} backbone weights from {report.filename} '
+             f'({report.source}): {report.num_tensors} tensors.']
+    for reason, keys in report.dropped.items():
+        if keys:
+            counts = Counter(map(entry_label, keys))
+            groups = ', '.join(f'{label} ({n})' for label, n in counts.items())
+            lines.append(f'  dropped {len(keys)} {reason}: {groups}')
+    if report.ignored_entries:
+        lines.append('  not used: file entries ' + ', '.join(
+            repr(k) for k in report.ignored_entries))
+    return '\n'.join(lines)
+
+
+def extract_backbone(checkpoint: Any, prefix: Optional[str] = None
+                     ) -> Tuple[Dict[str, Tensor], List[str], List[str]]:
+    """The backbone state dict inside a loaded checkpoint, keys unchanged.
+
+    Unwraps ``{'state_dict': ...}`` / ``{'model': ...}`` and
+    DistributedDataParallel's ``module.``, and strips the ``backbone.``
+    prefix of a whole detector when given (or when any key has it).
+    Returns the state dict, notes on where it was found, and the keys
+    outside the backbone.
+    """
+    state_dict, entry = unwrap_state_dict(checkpoint)
+    notes = [f'{entry!r} entry' if entry else 'bare state dict']
+    if prefix is None and any(k.startswith('backbone.') for k in state_dict):
+        prefix = 'backbone.'
+    outside: List[str] = []
+    if prefix:
+        prefix = prefix if prefix.endswith('.') else prefix + '.'
+        state_dict, outside = strip_prefix(state_dict, prefix)
+        notes.append(f'weights under {prefix!r}')
+    return state_dict, notes, outside
+
+
+def read_backbone_weights(filename: str, arch_zoo: Dict[str, Dict],
+                          prefix: Optional[str] = None,
+                          trusted: bool = False
+                          ) -> Tuple[Dict[str, Tensor], LoadReport]:
+    """Backbone state dict (this package's key names) from any supported
+    checkpoint file, and a report of what was converted and dropped;
+    ``arch_zoo`` (``WaveViT.arch_zoo``) names the arch in the report.
+
+    Raises CheckpointError naming the file when it holds no Wave-ViT
+    backbone.
+    """
+    filename = str(filename)
+    checkpoint = load_checkpoint(filename, trusted=trusted,
+                                 trust_hint=TRUST_HINT)
+    try:
+        state_dict, notes, outside = extract_backbone(checkpoint, prefix)
+    except CheckpointError as error:
+        raise CheckpointError(f'{filename} {error}.') from None
+    dropped: Dict[str, List[str]] = {}
+    if outside:
+        dropped[OUTSIDE_BACKBONE] = outside
+    if is_official(state_dict):
+        state_dict, official_dropped = convert_official(state_dict)
+        dropped.update(official_dropped)
+        notes.insert(0, 'official ImageNet classification checkpoint, '
+                        'converted on the fly')
+    if not has_wavevit_weights(state_dict):
+        sample = ', '.join(list(state_dict)[:3]) or '(no tensors)'
+        raise CheckpointError(
+            f'{filename} is not a Wave-ViT checkpoint: none of its '
+            f'{len(state_dict)} tensors ({"; ".join(notes)}) belongs to a '
+            f'Wave-ViT backbone; its keys start with {sample}. Expected an '
+            f'official Wave-ViT ImageNet checkpoint, a file converted by '
+            f'tools/model_converters/wavevit2mm.py, or an mmdet/mmseg '
+            f'checkpoint of a model with a WaveViT backbone.')
+    ignored = ([k for k in checkpoint if k not in WRAPPER_KEYS]
+               if isinstance(checkpoint, dict) and not is_state_dict(
+                   checkpoint) else [])
+    report = LoadReport(filename, '; '.join(notes),
+                        describe_arch(state_dict, arch_zoo), len(state_dict),
+                        dropped, ignored)
+    return state_dict, report
+
+
+def check_fits(state_dict: Dict[str, Tensor], model: nn.Module,
+               filename: str) -> None:
+    """Raise CheckpointError unless ``state_dict`` has exactly the keys and
+    shapes of the backbone ``model``'s state dict; the message says which
+    arch the file holds and which the model is."""
+    own = model.state_dict()
+    problems = fit_problems(state_dict, own, 'backbone')
+    if not problems:
+        return
+    zoo = type(model).arch_zoo
+    file_arch, model_arch = infer_arch(state_dict, zoo), infer_arch(own, zoo)
+    advice = ''
+    if file_arch and file_arch != model_arch:
+        advice = (f" Set arch='{file_arch}' in the backbone config, or use a "
+                  f'{arch_name(own, zoo)} checkpoint.')
+    raise CheckpointError(
+        f'{filename} does not fit this backbone: the file holds '
+        f'{describe_arch(state_dict, zoo)} weights, the backbone is '
+        f'{describe_arch(own, zoo)}; {"; ".join(problems)}. Nothing was '
+        f'loaded.{advice}')
+
+
+def load_strictly(model: nn.Module, filename: str,
+                  prefix: Optional[str] = None,
+                  trusted: bool = False) -> LoadReport:
+    """Load backbone weights into ``model`` (a WaveViT) all or nothing."""
+    state_dict, report = read_backbone_weights(
+        filename, type(model).arch_zoo, prefix, trusted)
+    check_fits(state_dict, model, report.filename)
+    model.load_state_dict(state_dict, strict=True)
+    return report
+
+
+def load_pretrained(model: nn.Module, filename: str,
+                    prefix: Optional[str] = None,
+                    trusted: bool = False) -> LoadReport:
+    """Load backbone weights strictly and log a summary.
+
+    Any supported file works (official, converted, whole mmdet/mmseg
+    model; ``.pth`` or ``.safetensors``; a path or a URL). A missing or
+    mis-shaped weight is an error, never a silent fall-back to random
+    initialisation.
+    """
+    report = load_strictly(model, filename, prefix, trusted)
+    MMLogger.get_current_instance().info(format_summary(report))
+    return report
