@@ -21,11 +21,16 @@ $(STAMP): requirements.txt pyproject.toml setup.py wavevit_mm/ops/csrc/haar.cpp
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
 
+# One torch thread unless OMP_NUM_THREADS says otherwise: OpenMP threads
+# that share the cores with other work (the tools the tests run, anything
+# else on a small machine) spin and slow the suite down several times.
+TEST_ENV := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
+
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	PYTHON=$(abspath $(PY)) bash projects/toy_shapes/demo.sh

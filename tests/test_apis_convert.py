@@ -13,7 +13,8 @@ from wavevit_mm.apis import convert_checkpoint
 from wavevit_mm.checkpoint import CheckpointError
 
 
-@pytest.mark.parametrize('arch', ['s', 'b'])
+@pytest.mark.parametrize('arch', [
+    's', pytest.param('b', marks=pytest.mark.slow)])
 def test_converted_file_loads_with_no_missing_or_unexpected_keys(
         tmp_path, arch):
     src = save(tmp_path, wrap(official(arch), 'ddp_state_dict'))

@@ -8,20 +8,11 @@ import pytest
 import torch
 from mmengine.runner import CheckpointLoader
 
+from helpers import RunsCode
 from official_layout import official_stage_outputs, official_state_dict
 from wavevit_mm import WaveViT
 from wavevit_mm.checkpoint import (CheckpointError, UnsafeCheckpointError,
                                    load_checkpoint)
-
-
-class Payload:
-    """Unpickles to os.system(command): what a malicious file does."""
-
-    def __init__(self, command):
-        self.command = command
-
-    def __reduce__(self):
-        return os.system, (self.command, )
 
 
 @pytest.fixture
@@ -89,7 +80,7 @@ def test_malicious_checkpoint_from_a_url_is_refused_without_running(
     base, served, requests = server
     marker = tmp_path / 'payload_ran'
     torch.save(dict(state_dict=official_state_dict('s'),
-                    meta=Payload(f'touch {marker}')),
+                    meta=RunsCode(f'touch {marker}')),
                served / 'wavevit_s.pth')
     model = WaveViT('s', init_cfg=dict(type='Pretrained',
                                        checkpoint=f'{base}/wavevit_s.pth'))

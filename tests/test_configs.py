@@ -7,10 +7,9 @@ import torch
 from mmengine.config import Config
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from helpers import ROOT
 from wavevit_mm import WaveViT
 from wavevit_mm.apis import build_model, synthetic_inputs
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py'))) + sorted(
     glob.glob(os.path.join(ROOT, 'projects', '*', 'configs', '*.py')))
 DIMS = {'s': [64, 128, 320, 448], 'b': [64, 128, 320, 512]}
@@ -28,12 +27,23 @@ REFERENCE = {  # config -> numbers quoted in its header comment
 }
 
 
+# the heaviest models (B backbones, Cascade and Sparse R-CNN heads) build
+# and run for seconds each: end-to-end material, left to the full suite
+HEAVY = ('_b_', 'cascade', 'sparse_rcnn')
+
+
+def by_weight(paths):
+    return [pytest.param(path, marks=pytest.mark.slow)
+            if any(key in os.path.basename(path) for key in HEAVY) else path
+            for path in paths]
+
+
 def test_all_paper_configs_are_shipped():
     names = {os.path.basename(c) for c in CONFIGS}
     assert set(REFERENCE) <= names
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
+@pytest.mark.parametrize('path', by_weight(CONFIGS), ids=os.path.basename)
 def test_config_builds_and_runs_forward(path):
     cfg = Config.fromfile(path)
     model = build_model(cfg)
@@ -198,7 +208,7 @@ def test_backbone_batchnorm_scale_and_shift_are_frozen(path):
         assert param.requires_grad == (id(param) not in frozen), name
 
 
-@pytest.mark.parametrize('name', sorted(REFERENCE))
+@pytest.mark.parametrize('name', by_weight(sorted(REFERENCE)))
 def test_training_step_keeps_batchnorm_affine_and_updates_statistics(name):
     from mmengine.optim import build_optim_wrapper
 

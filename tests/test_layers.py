@@ -7,7 +7,8 @@ from typing import Dict, List, Set, Tuple
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
+
 PACKAGE = 'wavevit_mm'
 # bottom (0) to top; a module may import its own floor or the floors below
 LAYERS = {

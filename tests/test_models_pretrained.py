@@ -39,6 +39,7 @@ def test_every_official_wrapping_loads(tmp_path, wrapping):
     assert_backbone_equals(pretrained('s', path), expected_backbone('s'))
 
 
+@pytest.mark.slow  # as tests/test_models_wavevit.py does without a file
 def test_loaded_backbone_gives_the_official_stage_outputs(tmp_path):
     path = save(tmp_path, wrap(official('s'), 'training'))
     model = pretrained('s', path).eval()
@@ -199,6 +200,7 @@ def test_whole_model_checkpoint_from_mmengine_runner_loads(
         log_messages[-1]
 
 
+@pytest.mark.slow
 def test_mask_rcnn_config_starts_from_the_checkpoint_weights(tmp_path):
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules

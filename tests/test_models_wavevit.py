@@ -37,9 +37,9 @@ def test_four_maps_at_strides_4_to_32(arch):
         (1, c, 64 // s, 96 // s) for c, s in zip(DIMS[arch], (4, 8, 16, 32))]
 
 
-@pytest.mark.parametrize('shape', [(1, 3, 33, 47), (2, 3, 511, 767),
-                                   (1, 3, 17, 23), (1, 3, 1, 1),
-                                   (1, 3, 16, 500)])
+@pytest.mark.parametrize('shape', [
+    (1, 3, 33, 47), pytest.param((2, 3, 511, 767), marks=pytest.mark.slow),
+    (1, 3, 17, 23), (1, 3, 1, 1), (1, 3, 16, 500)])
 def test_any_input_size(shape):
     model = WaveViT('s').eval()
     with torch.no_grad():
@@ -53,8 +53,9 @@ def test_any_input_size(shape):
         assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize('arch,size', [('s', (64, 96)), ('b', (64, 64)),
-                                       ('l', (32, 64))])
+@pytest.mark.parametrize('arch,size', [
+    ('s', (64, 96)), pytest.param('b', (64, 64), marks=pytest.mark.slow),
+    pytest.param('l', (32, 64), marks=pytest.mark.slow)])
 def test_same_weights_give_official_feature_maps(arch, size):
     """Official-layout weights, converted, reproduce the official network's
     four stage outputs (fp32 eval vs an fp64 reference implementation)."""
@@ -151,9 +152,10 @@ def test_bfloat16_autocast_close_to_float32():
 def test_float16_autocast_runs_in_float16_close_to_float32():
     """torch.autocast('cpu', dtype=torch.float16): convolutions, linear
     layers, attention and the wavelet transforms run in float16, weights
-    stay float32. float16 rounds to 2**-11 relative (bfloat16: 2**-8); the
-    maps may differ from float32 by 2**-11 x ~16 roundings in series
-    (stem, downsamplings, blocks), i.e. 1% of the largest value."""
+    stay float32. float16 keeps 11 significant bits (bfloat16: 8), so each
+    rounding is within 2**-11 of the value; the maps differ from float32
+    by a few such roundings of their largest value (about 2.5 measured),
+    and by less than 8: 0.4%, where bfloat16 gives about 1%."""
     torch.manual_seed(0)
     model = WaveViT(TINY).eval()
     image = torch.randn(2, 3, 96, 128)
@@ -183,7 +185,7 @@ def test_float16_autocast_runs_in_float16_close_to_float32():
         assert out.dtype == torch.float16
         assert torch.isfinite(out).all()
         error = (out.float() - ref).abs().max() / ref.abs().max()
-        assert error < 0.01
+        assert error < 8 * 2**-11
     model.train()
     with torch.autocast('cpu', dtype=torch.float16):
         loss = sum(o.float().square().mean() for o in model(image))
@@ -212,7 +214,7 @@ def test_pure_pytorch_haar_path_gives_the_compiled_results(monkeypatch,
     """The whole backbone on the two Haar implementations (the compiled CPU
     kernels; the strided-slicing formulation used on GPUs and where the
     kernels are not built): the same maps, input and weight gradients, in
-    float64 to 1e-10, odd sizes at every stage included."""
+    float64 to 1e-12, odd sizes at every stage included."""
     assert wavelet.compiled_haar_available(), (
         'the compiled Haar kernels are not built; install with '
         '`pip install --no-build-isolation -e .`')
@@ -221,24 +223,23 @@ def test_pure_pytorch_haar_path_gives_the_compiled_results(monkeypatch,
     image = torch.randn(2, 3, *size, dtype=torch.float64)
     weights = [torch.randn(o.shape, dtype=torch.float64)
                for o in model(image)]
-    calls = []
-    results = {}
-    for path, kernels in [('compiled', _counting(wavelet._compiled, calls)),
-                          ('pytorch', None)]:
-        monkeypatch.setattr(wavelet, '_compiled', kernels)
+
+    def forward_backward():
         net = copy.deepcopy(model)
         x = image.clone().requires_grad_()
         outs = net(x)
         sum((o * w).sum() for o, w in zip(outs, weights)).backward()
-        results[path] = (outs, x.grad,
-                         {n: p.grad for n, p in net.named_parameters()})
-        if path == 'compiled':  # forward and backward ran on the kernels
-            assert {'haar_dwt2d', 'haar_idwt2d'} <= set(calls)
-            count = len(calls)
-    assert len(calls) == count  # and the second run never called them
-    (outs_c, grad_c, params_c), (outs_p, grad_p, params_p) = \
-        results['compiled'], results['pytorch']
-    tight = dict(atol=1e-10, rtol=1e-10)
+        return outs, x.grad, {n: p.grad for n, p in net.named_parameters()}
+    calls = []
+    monkeypatch.setattr(wavelet, '_compiled',
+                        _counting(wavelet._compiled, calls))
+    outs_c, grad_c, params_c = forward_backward()
+    # TINY's 3 wavelet-attention blocks: a DWT and an IDWT each, forward
+    # and (as each other's gradients) backward
+    assert calls.count('haar_dwt2d') == calls.count('haar_idwt2d') == 6
+    monkeypatch.setattr(wavelet, '_compiled', None)
+    outs_p, grad_p, params_p = forward_backward()
+    tight = dict(atol=1e-12, rtol=1e-12)
     for a, b in zip(outs_c, outs_p):
         torch.testing.assert_close(a, b, **tight)
     torch.testing.assert_close(grad_c, grad_p, **tight)
@@ -330,10 +331,11 @@ def test_with_cp_saves_activation_memory():
 
 
 def test_init_weights_follows_official_scheme():
+    torch.manual_seed(0)
     model = WaveViT(TINY)
     model.init_weights()
-    # truncated normal, std 0.02: the std of 48 x 48 draws is within 2%
-    # (its standard error) x 5
+    # truncated normal, std 0.02, estimated from 48 x 48 draws to 1.5%
+    # (one standard error): within 10%
     linear = model.stages[2].blocks[0].attn.q
     assert linear.bias.abs().sum() == 0
     assert abs(linear.weight.std().item() - 0.02) < 0.002

@@ -30,6 +30,7 @@ def test_registered_in_both_registries():
     assert {'mmdet', 'mmseg'} <= set(wavevit_mm.register_backbone())
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch, mmdet
 def test_config_file_with_custom_imports_builds_backbone(tmp_path):
     """A fresh interpreter: only the config's custom_imports registers it."""
     config = tmp_path / 'backbone.py'

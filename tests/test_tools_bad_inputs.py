@@ -20,6 +20,8 @@ from helpers import RunsCode
 from toy_runs import DET_CONFIG, SEG_CONFIG, run_process, run_tool, tool
 from wavevit_mm import WaveViT
 
+pytestmark = pytest.mark.slow
+
 
 def build_toy_model(config):
     cfg = Config.fromfile(config)

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from helpers import ROOT, wavevit_multiply_adds
-from wavevit_mm.apis import synthetic_inputs
 from wavevit_mm.models import WaveViT
 from wavevit_mm.ops import DWT2D, IDWT2D
 
@@ -68,6 +67,7 @@ def test_wavelet_table_reports_equality_and_every_implementation():
         assert row[key] > 0
 
 
+@pytest.mark.slow
 def test_backbone_table_row_compares_outputs_with_the_official_formulation():
     rate, rows = benchmark.backbone_table(
         ['Wave-ViT-S', 'Wave-ViT-S (official formulation)'], (1, 3, 64, 64),
@@ -76,9 +76,9 @@ def test_backbone_table_row_compares_outputs_with_the_official_formulation():
     ours, official = rows
     assert ours['params'] == official['params']
     # the multiply-adds of the convolutions, linear layers and attention,
-    # plus normalisation, which mmengine's counter also counts (< 4%)
+    # plus normalisation, which mmengine's counter also counts (0.5%)
     expected = wavevit_multiply_adds('s', 64, 64)
-    assert expected <= ours['macs'] < 1.04 * expected
+    assert expected <= ours['macs'] < 1.01 * expected
     assert official['max_abs_diff_to_Wave-ViT-S'] < 1e-4
 
 
@@ -106,26 +106,14 @@ def page_faults_of_five_steps(malloc):
     return int(out.stdout.split()[-1])
 
 
+@pytest.mark.slow
 def test_retained_memory_is_reused_without_page_faults():
     # five steps of two fresh 64 MB tensors: 10 x 16384 pages of 4 kB
     assert page_faults_of_five_steps('default') > 100_000
     assert page_faults_of_five_steps('retain') < 40_000
 
 
-def test_synthetic_detection_batch_masks_fill_their_boxes():
-    inputs, samples = synthetic_inputs('mmdet', (64, 96), batch_size=2,
-                                       num_objects=8, num_classes=3)
-    assert inputs.shape == (2, 3, 64, 96)
-    for sample in samples:
-        gt = sample.gt_instances
-        assert len(gt) == 8 and gt.labels.max() < 3
-        masks = torch.from_numpy(gt.masks.masks)
-        for box, mask in zip(gt.bboxes.long(), masks):
-            x1, y1, x2, y2 = box.tolist()
-            assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 64
-            assert mask.sum() == (x2 - x1) * (y2 - y1)
-
-
+@pytest.mark.slow
 def test_mask_rcnn_training_steps_are_timed_and_update_the_model():
     config = os.path.join(ROOT, 'configs', 'mask_rcnn_wavevit_s_coco.py')
     result = benchmark.train_throughput(config, (128, 160), batch_size=1,

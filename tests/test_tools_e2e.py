@@ -146,6 +146,6 @@ def test_get_flops(toy_workspace):
                '--shape', '256', '384'], toy_workspace)
     flops = re.search(r'Flops: ([\d.]+)G', out)
     assert flops and re.search(r'Params: [\d.]+M', out)
-    # printed to 3 digits; normalisation and upsampling add under 4%
+    # printed to 5 digits; normalisation and upsampling add 0.2%
     expected = retinanet_multiply_adds(256, 384)
-    assert 0.995 * expected <= float(flops[1]) * 1e9 < 1.04 * expected
+    assert expected <= float(flops[1]) * 1e9 < 1.01 * expected

@@ -12,6 +12,7 @@ from helpers import ROOT, RunsCode
 from official_layout import backbone_state_dict, official_state_dict
 from wavevit_mm import WaveViT
 
+pytestmark = pytest.mark.slow  # a fresh interpreter per conversion
 TOOL = os.path.join(ROOT, 'tools', 'model_converters', 'wavevit2mm.py')
 
 

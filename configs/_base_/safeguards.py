@@ -1,14 +1,18 @@
-# The hooks that keep a training run recoverable (wavevit_mm/hooks.py),
+# The hooks that keep a training run recoverable (wavevit_mm/engine/hooks.py),
 # shared by every config. Only new names are defined here, so this file
 # combines with any mmdet/mmseg base config; a config picks them up with
 #
 #   default_hooks = {{_base_.safeguard_default_hooks}}
 #   custom_hooks = {{_base_.safeguard_custom_hooks}}
 
-# Only the type is set: the inherited checkpoint hook keeps its interval,
-# max_keep_ckpts and by_epoch. Its files only ever appear complete, and old
-# ones are deleted once the new one is in place.
-safeguard_default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+safeguard_default_hooks = dict(
+    # mmengine's Runner adds this one to every run; named here so that the
+    # config lists every hook a run uses
+    runtime_info=dict(type='RuntimeInfoHook'),
+    # Only the type is set: the inherited checkpoint hook keeps its
+    # interval, max_keep_ckpts and by_epoch. Its files only ever appear
+    # complete, and old ones are deleted once the new one is in place.
+    checkpoint=dict(type='AtomicCheckpointHook'))
 
 safeguard_custom_hooks = [
     # reseed every epoch from (seed, epoch): a resumed run repeats the

@@ -196,6 +196,9 @@ def _load_local(path: str, trusted: bool, trust_hint: str) -> Any:
         raise
     except pickle.UnpicklingError as error:
         offending = [] if trusted else _disallowed_globals(path, error)
+        lookup = re.search(r'(getattr\(.*?\)) is not allowed', str(error))
+        if lookup and not offending:  # refused by _history_buffer_method
+            offending = [lookup[1]]
         if offending:
             raise UnsafeCheckpointError(
                 f'Refusing to load {path}: unpickling it would call '

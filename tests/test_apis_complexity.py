@@ -1,0 +1,38 @@
+"""wavevit_mm.apis.complexity: multiply-adds as mmengine counts them
+(with fused attention, which its counter does not know), against the
+architecture written out by hand in tests/helpers.py; the synthetic
+batches the benchmark and the config tests feed models."""
+import pytest
+import torch
+
+from helpers import wavevit_multiply_adds
+from wavevit_mm import WaveViT
+from wavevit_mm.apis import synthetic_inputs
+from wavevit_mm.apis.complexity import count_complexity
+
+
+@pytest.mark.parametrize('arch,size', [('s', (64, 64)), ('s', (33, 47)),
+                                       ('b', (64, 96))])
+def test_backbone_multiply_adds_follow_the_architecture(arch, size):
+    """Convolutions, linear layers and both attention products; the
+    counter adds normalisation (0.5%), nothing else."""
+    model = WaveViT(arch).eval()
+    with torch.no_grad():
+        counted = count_complexity(model, (torch.randn(1, 3, *size), ))
+    expected = wavevit_multiply_adds(arch, *size)
+    assert expected <= counted['flops'] < 1.01 * expected
+    assert counted['params'] == sum(p.numel() for p in model.parameters())
+
+
+def test_synthetic_detection_batch_masks_fill_their_boxes():
+    inputs, samples = synthetic_inputs('mmdet', (64, 96), batch_size=2,
+                                       num_objects=8, num_classes=3)
+    assert inputs.shape == (2, 3, 64, 96)
+    for sample in samples:
+        gt = sample.gt_instances
+        assert len(gt) == 8 and gt.labels.max() < 3
+        masks = torch.from_numpy(gt.masks.masks)
+        for box, mask in zip(gt.bboxes.long(), masks):
+            x1, y1, x2, y2 = box.tolist()
+            assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 64
+            assert mask.sum() == (x2 - x1) * (y2 - y1)
