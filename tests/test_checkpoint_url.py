@@ -1,7 +1,6 @@
 """Pretrained weights from a URL: served by a real HTTP server on
 127.0.0.1, downloaded once into the torch hub cache, read weights-only."""
 import http.server
-import os
 import threading
 
 import pytest
