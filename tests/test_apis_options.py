@@ -102,3 +102,37 @@ def test_amp_switch_selects_the_cpu_wrapper_without_a_gpu():
     else:
         assert cfg.optim_wrapper.type == 'CPUAutocastOptimWrapper'
         assert 'loss_scale' not in cfg.optim_wrapper
+
+
+def gpu_amp(monkeypatch, bf16, **wrapper):
+    """The optim_wrapper ``--amp`` gives on a GPU with or without bfloat16
+    support (the GPU's answers stubbed: the switch only reads them)."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda: bf16)
+    cfg = Config(dict(optim_wrapper=dict(
+        type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4),
+        **wrapper)))
+    apply_train_options(cfg, amp=True)
+    return cfg.optim_wrapper
+
+
+def test_amp_on_a_gpu_with_bfloat16_needs_no_loss_scaling(monkeypatch):
+    wrapper = gpu_amp(monkeypatch, bf16=True)
+    assert wrapper.type == 'AmpOptimWrapper'
+    assert wrapper.dtype == 'bfloat16'
+    assert wrapper.loss_scale == dict(enabled=False)
+
+
+def test_amp_on_an_older_gpu_is_float16_with_dynamic_loss_scaling(
+        monkeypatch):
+    wrapper = gpu_amp(monkeypatch, bf16=False)
+    assert (wrapper.type, wrapper.dtype, wrapper.loss_scale) == (
+        'AmpOptimWrapper', 'float16', 'dynamic')
+
+
+def test_amp_keeps_the_dtype_and_loss_scale_the_config_states(monkeypatch):
+    wrapper = gpu_amp(monkeypatch, bf16=True, dtype='float16',
+                      loss_scale=512.)
+    assert (wrapper.dtype, wrapper.loss_scale) == ('float16', 512.)
+    wrapper = gpu_amp(monkeypatch, bf16=True, dtype='float16')
+    assert wrapper.loss_scale == 'dynamic'

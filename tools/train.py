@@ -13,8 +13,9 @@ def parse_args():
     parser.add_argument('config', help='train config file path')
     apis.add_run_arguments(parser)
     parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision (float16 on GPU, '
-                        'bfloat16 on CPU)')
+                        help='automatic mixed precision: bfloat16 on GPUs '
+                        'that support it, else float16; bfloat16 backbone on '
+                        'the CPU (optim_wrapper.dtype in the config wins)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate to the actual total '
                         'batch size (config: auto_scale_lr.base_batch_size)')

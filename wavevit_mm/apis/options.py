@@ -28,8 +28,7 @@ def apply_train_options(cfg: Config, amp: bool = False,
     read here.
     """
     if amp and torch.cuda.is_available():
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
+        use_gpu_amp(cfg)
     elif amp:  # mmengine's AmpOptimWrapper is GPU-only
         cfg.optim_wrapper.type = 'CPUAutocastOptimWrapper'
         for key in ('loss_scale', 'dtype'):
@@ -53,6 +52,22 @@ def apply_train_options(cfg: Config, amp: bool = False,
         cfg.load_from = resume
     if cfg.get('load_from'):
         load_checkpoint(cfg.load_from)
+
+
+def use_gpu_amp(cfg: Config) -> None:
+    """``--amp`` on a GPU: mmengine's ``AmpOptimWrapper`` in bfloat16 where
+    the GPU supports it (no loss scaling needed: bfloat16 has float32's
+    exponent range), else in float16 with dynamic loss scaling. A
+    ``dtype`` or ``loss_scale`` the config's ``optim_wrapper`` states is
+    kept."""
+    wrapper = cfg.optim_wrapper
+    dtype = wrapper.get('dtype') or (
+        'bfloat16' if torch.cuda.is_bf16_supported() else 'float16')
+    wrapper.type = 'AmpOptimWrapper'
+    wrapper.dtype = dtype
+    if 'loss_scale' not in wrapper:
+        half = dtype in ('float16', 'half', torch.float16)
+        wrapper.loss_scale = 'dynamic' if half else dict(enabled=False)
 
 
 CHECKPOINT_NAME = re.compile(r'^(?:epoch|iter)_(\d+)\.pth$')
