@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Toy-shapes demo: generate the toy COCO set, train Mask R-CNN with a small
 # Wave-ViT on the CPU, evaluate it with tools/test.py and draw its
-# predictions on a validation image enlarged to 512x512. About 5 minutes on
+# predictions on a validation image enlarged to 512x512. About 9 minutes on
 # 2 CPU cores.
 #
 # Usage: projects/toy_shapes/demo.sh [WORK_DIR]   (PYTHON=... to pick python)
