@@ -11,8 +11,8 @@ from typing import Dict
 
 from torch import Tensor, nn
 
-from ..checkpoint import (MODEL_TRUST_HINT, CheckpointError, fit_problems,
-                          load_checkpoint, strip_prefix, unwrap_state_dict)
+from ..checkpoint import (CheckpointError, fit_problems, load_checkpoint,
+                          strip_prefix, unwrap_state_dict)
 from ..models import WaveViT, convert_official, describe_arch
 from ..models.official import arch_signature, has_wavevit_weights
 
@@ -25,7 +25,7 @@ def read_model_weights(filename: str) -> Dict[str, Tensor]:
     anything that is not a checkpoint of a model.
     """
     filename = str(filename)
-    checkpoint = load_checkpoint(filename, trust_hint=MODEL_TRUST_HINT)
+    checkpoint = load_checkpoint(filename)
     try:
         return unwrap_state_dict(checkpoint)[0]
     except CheckpointError as error:

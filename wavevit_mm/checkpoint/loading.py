@@ -216,31 +216,44 @@ def _load_local(path: str, trusted: bool, trust_hint: str) -> Any:
         f'torch.save or safetensors.')
 
 
+def _fetch(url: str, path: str) -> None:
+    """Download ``url`` to ``path`` (torch.hub writes a temporary file and
+    moves it into place when done)."""
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    print_log(f'Downloading {url} to {path}', logger='current')
+    try:
+        torch.hub.download_url_to_file(url, path, progress=False)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = (f'HTTP error {error.code} ({error.reason})'
+                  if isinstance(error, urllib.error.HTTPError) else
+                  getattr(error, 'reason', None) or error)
+        raise CheckpointError(
+            f'Could not download the checkpoint {url}: {reason}. Download '
+            f'it yourself and pass the local file.') from None
+
+
 def download(url: str) -> str:
     """The local copy of ``url`` in the torch hub cache, downloaded first if
-    it is not there (by rank 0 first in a distributed run)."""
+    it is not there. In a distributed run rank 0 downloads while the other
+    ranks wait, and reaches that barrier even when its download fails, so
+    no rank hangs."""
     name = osp.basename(urllib.parse.urlparse(url).path)
     if not name:
         raise CheckpointError(f'{url} names no file to download.')
-    folder = osp.join(torch.hub.get_dir(), 'checkpoints')
-    path = osp.join(folder, name)
+    path = osp.join(torch.hub.get_dir(), 'checkpoints', name)
     rank, world_size = get_dist_info()
-    for turn in range(2 if world_size > 1 else 1):
-        if (rank == 0) == (turn == 0) and not osp.isfile(path):
-            os.makedirs(folder, exist_ok=True)
-            print_log(f'Downloading {url} to {path}', logger='current')
-            try:  # written to a temporary file, moved into place when done
-                torch.hub.download_url_to_file(url, path, progress=False)
-            except (urllib.error.URLError, OSError, ValueError) as error:
-                reason = (f'HTTP error {error.code} ({error.reason})'
-                          if isinstance(error, urllib.error.HTTPError) else
-                          getattr(error, 'reason', None) or error)
-                raise CheckpointError(
-                    f'Could not download the checkpoint {url}: {reason}. '
-                    f'Download it yourself and pass the local file.'
-                ) from None
-        if world_size > 1 and turn == 0:
-            barrier()
+    failure = None
+    if rank == 0 and not osp.isfile(path):
+        try:
+            _fetch(url, path)
+        except CheckpointError as error:
+            failure = error
+    if world_size > 1:
+        barrier()
+    if failure is not None:
+        raise failure
+    if not osp.isfile(path):  # a rank with a hub cache of its own
+        _fetch(url, path)
     return path
 
 
