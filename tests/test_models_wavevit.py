@@ -365,3 +365,43 @@ def test_arch_presets_are_case_insensitive_and_not_shared():
     a = WaveViT('S')
     a.arch['depths'][0] = 99
     assert WaveViT('s').arch['depths'][0] == 3
+
+
+@pytest.mark.parametrize('mode', ['eval', 'train'])
+def test_backbone_traces_without_graph_breaks(mode):
+    model = getattr(WaveViT(TINY, drop_path_rate=0.1), mode)()
+    explained = torch._dynamo.explain(model)(torch.randn(2, 3, 64, 96))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
+@pytest.mark.slow
+def test_compiled_backbone_gives_the_eager_results():
+    torch.manual_seed(0)
+    eager = WaveViT(TINY)
+    compiled = WaveViT(TINY, compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 3, 70, 90, requires_grad=True)
+    for want, got in zip(eager(x), compiled(x)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    expected = torch.autograd.grad(sum(o.sum() for o in eager(x)), x)[0]
+    got = torch.autograd.grad(sum(o.sum() for o in compiled(x)), x)[0]
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    copy.deepcopy(compiled)  # e.g. for EMA: no tie to the original
+
+
+def test_compile_setting_must_be_a_bool_or_torch_compile_arguments():
+    with pytest.raises(TypeError, match='compile must be a bool or a dict'):
+        WaveViT(TINY, compile='max-autotune')
+
+
+def test_convolutions_convert_no_weights_per_forward():
+    model = WaveViT(TINY).eval()
+    model.load_state_dict(WaveViT(TINY).state_dict())  # loading keeps them
+    model.half().float()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        model(x)
+    names = [event.name for event in profile.events()]
+    assert names.count('aten::convolution') > 10
+    assert 'aten::_to_copy' not in names  # no per-call layout conversion

@@ -174,3 +174,34 @@ def test_bad_inputs_name_the_problem():
         IDWT2D()(torch.randn(1, 6, 4, 4))
     with pytest.raises(ValueError, match=r'\(B, C, H, W\)'):
         DWT2D()(torch.randn(3, 8, 8))
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('shape', [(2, 3, 6, 4), (1, 2, 5, 7)])
+def test_transforms_are_registered_operators(shape, channels_last):
+    # torch.library's own checks: schema, fake (meta) kernel with the real
+    # output's shape and strides, autograd registration
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(shape, dtype=torch.float64).contiguous(
+        memory_format=layout).requires_grad_()
+    torch.library.opcheck(torch.ops.wavevit_mm.haar_dwt2d.default, (x, ))
+    bands = torch.randn(shape[0], 4 * shape[1], (shape[2] + 1) // 2,
+                        (shape[3] + 1) // 2, dtype=torch.float64).contiguous(
+                            memory_format=layout).requires_grad_()
+    for size in (None, list(shape[2:])):
+        torch.library.opcheck(torch.ops.wavevit_mm.haar_idwt2d.default,
+                              (bands, size))
+
+
+def test_transforms_compile_in_one_graph():
+    def round_trip(x):
+        bands = haar_dwt2d(x)
+        return haar_idwt2d(bands * 2 + 1, x.shape[2:])
+
+    x = torch.randn(2, 3, 9, 6, requires_grad=True)
+    compiled = torch.compile(round_trip, fullgraph=True, backend='aot_eager')
+    out = compiled(x)
+    torch.testing.assert_close(out, round_trip(x))
+    (grad, ) = torch.autograd.grad(out.sum(), x)
+    (expected, ) = torch.autograd.grad(round_trip(x).sum(), x)
+    torch.testing.assert_close(grad, expected)

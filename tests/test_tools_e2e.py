@@ -149,3 +149,24 @@ def test_get_flops(toy_workspace):
     # printed to 5 digits; normalisation and upsampling add 0.2%
     expected = retinanet_multiply_adds(256, 384)
     assert expected <= float(flops[1]) * 1e9 < 1.01 * expected
+
+
+def test_mask_rcnn_trains_with_the_backbone_compiled(toy_workspace, tmp_path):
+    # in this process, to read torch.compile's own counters afterwards
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from toy_runs import run_tool
+    torch._dynamo.reset()
+    counters.clear()
+    work = tmp_path / 'compiled'
+    result = run_tool('train.py', [config('mask_rcnn_wavevit_toy_coco.py'),
+                                   '--compile', '--work-dir', work]
+                      + short_det_schedule(), toy_workspace)
+    assert result.code == 0, result.stderr[-4000:]
+    assert counters['stats']['unique_graphs'] >= 1  # it did compile
+    assert dict(counters['graph_break']) == {}
+    dumped = open(glob.glob(str(work / '*' / 'vis_data' / 'config.py'))[0]
+                  ).read()
+    assert "compile=True" in dumped
+    assert (work / 'epoch_1.pth').is_file()

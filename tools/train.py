@@ -22,6 +22,9 @@ def parse_args():
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from CKPT, or without a value from the '
                         'latest checkpoint in the work dir that reads back')
+    parser.add_argument('--compile', action='store_true',
+                        help='run the backbone through torch.compile '
+                        '(sets model.backbone.compile=True)')
     return parser.parse_args()
 
 
@@ -32,7 +35,7 @@ def main():
     with report_errors('train.py'), read_once():
         cfg = apis.load_run_config(args, ['train', 'val'], pretrained=True)
         apis.apply_train_options(cfg, args.amp, args.auto_scale_lr,
-                                 args.resume)
+                                 args.resume, args.compile)
         apis.setup_cpu_distributed(cfg, args.launcher)
         runner = Runner.from_cfg(cfg)
         runner.train()

@@ -14,13 +14,16 @@ from mmengine.logging import print_log
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..errors import ConfigError, one_paragraph
-from .config import scope_of
+from .config import find_typed, scope_of
 
 
 def apply_train_options(cfg: Config, amp: bool = False,
                         auto_scale_lr: bool = False,
-                        resume: Optional[str] = None) -> None:
-    """``--amp``, ``--auto-scale-lr`` and ``--resume [CKPT]``.
+                        resume: Optional[str] = None,
+                        compile: bool = False) -> None:
+    """``--amp``, ``--auto-scale-lr``, ``--resume [CKPT]`` and
+    ``--compile`` (every WaveViT of the model runs through torch.compile:
+    ``model.backbone.compile=True``).
 
     The checkpoint to resume or load from is read now (a clear error before
     the run rather than a traceback from the Runner later); inside
@@ -33,6 +36,9 @@ def apply_train_options(cfg: Config, amp: bool = False,
         cfg.optim_wrapper.type = 'CPUAutocastOptimWrapper'
         for key in ('loss_scale', 'dtype'):
             cfg.optim_wrapper.pop(key, None)
+    if compile:
+        for _, backbone in find_typed(cfg.model, ['WaveViT']):
+            backbone['compile'] = True
     if auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise ConfigError(

@@ -48,12 +48,28 @@ def conv_nhwc(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """``conv(x)`` in channels-last memory.
 
     Token maps are channels-last views; with the weight in the same layout
-    oneDNN convolves them in place of first copying them to NCHW (which
-    costs more than the depthwise convolution itself), and the output is
-    again channels-last, i.e. a free (B, N, C) token view.
+    oneDNN and cuDNN convolve them in place of first copying them to NCHW
+    (which costs more than the depthwise convolution itself), and the output
+    is again channels-last, i.e. a free (B, N, C) token view. WaveViT stores
+    its convolution weights channels-last (:func:`channels_last_weights`),
+    so nothing is converted per call.
     """
-    weight = conv.weight.to(memory_format=torch.channels_last)
-    return conv._conv_forward(x, weight, conv.bias)
+    return conv._conv_forward(x, conv.weight, conv.bias)
+
+
+def channels_last_weights(module: nn.Module) -> None:
+    """Store the weights of every Conv2d in ``module`` channels-last.
+
+    Loading a state dict copies into this layout, and ``.to()``/``.half()``
+    keep it. Depthwise and 1x1 kernels get channels-last strides too (for
+    them both layouts are "contiguous"), which is what makes the backends
+    choose channels-last outputs.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            m.weight = nn.Parameter(
+                m.weight.detach().to(memory_format=torch.channels_last),
+                requires_grad=m.weight.requires_grad)
 
 
 def conv_norm_act(block: nn.Sequential, x: Tensor) -> Tensor:
@@ -311,6 +327,10 @@ class WaveViT(BaseModule):
         norm_cfg: BatchNorm config of the stem and the wavelet branches.
         fused_attn: fused attention (``F.scaled_dot_product_attention``);
             False computes the attention matrix explicitly.
+        compile: run the stages through ``torch.compile`` (True, or a dict
+            of its keyword arguments, e.g. ``dict(mode='max-autotune')``).
+            The whole backbone is one graph, without breaks, on the CPU
+            and on GPUs; the heads stay eager. The first iterations compile.
         init_cfg: mmengine init config; ``dict(type='Pretrained',
             checkpoint=PATH)`` loads backbone weights strictly from an
             official ImageNet checkpoint, a converted one or a whole
@@ -343,6 +363,7 @@ class WaveViT(BaseModule):
                  with_cp: bool = False,
                  norm_cfg: Dict = dict(type='BN', requires_grad=True),
                  fused_attn: bool = True,
+                 compile: Union[bool, Dict] = False,
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.arch = self.parse_arch(arch)
@@ -375,7 +396,17 @@ class WaveViT(BaseModule):
                 if i == 0 else Downsample(dims[i - 1], dims[i]))
             stages.append(Stage(downsample, blocks, dims[i]))
         self.stages = nn.ModuleList(stages)
+        channels_last_weights(self)
         self._freeze_stages()
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError(f'compile must be a bool or a dict of '
+                            f'torch.compile arguments, got {compile!r}')
+        # compiled as a function of (self, x): nothing tied to this
+        # instance is stored, so copies of the model stay independent
+        self._run_stages = (
+            torch.compile(WaveViT._forward_stages,
+                          **(compile if isinstance(compile, dict) else {}))
+            if compile is not False else WaveViT._forward_stages)
 
     @classmethod
     def parse_arch(cls, arch: Union[str, Dict]) -> Dict:
@@ -483,6 +514,9 @@ class WaveViT(BaseModule):
         if x.dim() != 4:
             raise ValueError(f'WaveViT expects a (B, C, H, W) image batch, '
                              f'got shape {tuple(x.shape)}')
+        return self._run_stages(self, x)
+
+    def _forward_stages(self, x: Tensor) -> Tuple[Tensor, ...]:
         outs = []
         for i, stage in enumerate(self.stages):
             x = stage(x)

@@ -6,7 +6,10 @@ The four sub-bands are concatenated on the channel axis, band-major:
 ``cat([yl, yh[:, :, 0], yh[:, :, 1], yh[:, :, 2]], dim=1)``. Wave-ViT's
 3x3 filter convolution is trained on exactly this channel order.
 
-The Haar transform on the CPU is a compiled one-pass kernel
+The Haar transforms are the custom operators ``wavevit_mm::haar_dwt2d``
+and ``wavevit_mm::haar_idwt2d`` (``torch.library``), with fake kernels and
+gradients registered, so ``torch.compile`` traces a network through them
+without graph breaks. On the CPU they run a compiled one-pass kernel
 (``csrc/haar.cpp``, built by ``pip install --no-build-isolation -e .``);
 elsewhere, or when it is not built, the same transform is computed with
 strided slicing and additions. Because the orthonormal Haar DWT is its own
@@ -16,7 +19,7 @@ and no convolution. Odd sizes are zero-padded at the bottom/right, as
 pytorch_wavelets does in ``'zero'`` mode. Other wavelets are delegated to
 pytorch_wavelets.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +86,13 @@ def _haar_idwt(x: Tensor, size: Optional[Tuple[int, int]] = None
                ) -> Tensor:
     """(B, 4C, h, w) -> (B, C, 2h, 2w), the inverse of :func:`_haar_dwt`,
     cropped to ``size`` (at most one row/column less) when given."""
+    if _use_compiled(x):
+        return _compiled.haar_idwt2d(x, *(size or (-1, -1)))
+    full = _haar_idwt_sliced(x)
+    return full if size is None else full[..., :size[0], :size[1]]
+
+
+def _check_idwt_size(x: Tensor, size: Optional[Tuple[int, int]]) -> None:
     batch, channels4, height, width = x.shape
     if channels4 % 4:
         raise ValueError(
@@ -94,10 +104,6 @@ def _haar_idwt(x: Tensor, size: Optional[Tuple[int, int]] = None
         raise ValueError(
             f'IDWT2D output size {tuple(size)} does not fit bands of '
             f'{height}x{width} (each side 2n or 2n - 1)')
-    if _use_compiled(x):
-        return _compiled.haar_idwt2d(x, *(size or (-1, -1)))
-    full = _haar_idwt_sliced(x)
-    return full if size is None else full[..., :size[0], :size[1]]
 
 
 def _haar_idwt_sliced(x: Tensor) -> Tensor:
@@ -123,43 +129,73 @@ def _haar_idwt_sliced(x: Tensor) -> Tensor:
     return blocks.view(batch, channels, 2 * height, 2 * width)
 
 
-class _HaarDWTFunction(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        ctx.input_size = x.shape[-2:]
-        return _haar_dwt(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return _HaarIDWTFunction.apply(grad, tuple(ctx.input_size))
+def _bands_layout(x: Tensor) -> torch.memory_format:
+    return (torch.channels_last if _is_channels_last(x)
+            else torch.contiguous_format)
 
 
-class _HaarIDWTFunction(torch.autograd.Function):
+def _empty_like_output(x: Tensor, shape: Tuple) -> Tensor:
+    return torch.empty(shape, dtype=x.dtype, device=x.device,
+                       memory_format=_bands_layout(x))
 
-    @staticmethod
-    def forward(ctx, x: Tensor, size: Optional[Tuple[int, int]]) -> Tensor:
-        return _haar_idwt(x, size)
 
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tuple[Tensor, None]:
-        # the crop's gradient is zero-padding, which the DWT does itself
-        return _HaarDWTFunction.apply(grad), None
+# The transforms are custom operators, so torch.compile traces the backbone
+# through them in one graph (their fake kernels give the output's shape and
+# layout without computing it) and autograd knows their gradients: the DWT's
+# is the IDWT of the incoming gradient and vice versa. Every output is a
+# fresh tensor, channels-last for a channels-last input, else contiguous.
+
+@torch.library.custom_op('wavevit_mm::haar_dwt2d', mutates_args=())
+def _dwt_op(x: Tensor) -> Tensor:
+    return _haar_dwt(x).contiguous(memory_format=_bands_layout(x))
+
+
+@_dwt_op.register_fake
+def _(x: Tensor) -> Tensor:
+    batch, channels, height, width = x.shape
+    return _empty_like_output(
+        x, (batch, 4 * channels, (height + 1) // 2, (width + 1) // 2))
+
+
+@torch.library.custom_op('wavevit_mm::haar_idwt2d', mutates_args=())
+def _idwt_op(x: Tensor, size: Optional[List[int]]) -> Tensor:
+    out = _haar_idwt(x, None if size is None else (size[0], size[1]))
+    return out.contiguous(memory_format=_bands_layout(x))
+
+
+@_idwt_op.register_fake
+def _(x: Tensor, size: Optional[List[int]]) -> Tensor:
+    batch, channels4, height, width = x.shape
+    height, width = size if size is not None else (2 * height, 2 * width)
+    return _empty_like_output(x, (batch, channels4 // 4, height, width))
+
+
+def _keep_input_size(ctx, inputs: Tuple[Tensor], output: Tensor) -> None:
+    ctx.input_size = [inputs[0].shape[2], inputs[0].shape[3]]
+
+
+_dwt_op.register_autograd(
+    lambda ctx, grad: _idwt_op(grad, ctx.input_size),
+    setup_context=_keep_input_size)
+# the crop's gradient is zero-padding, which the DWT does itself
+_idwt_op.register_autograd(lambda ctx, grad: (_dwt_op(grad), None),
+                           setup_context=lambda ctx, inputs, output: None)
 
 
 def haar_dwt2d(x: Tensor) -> Tensor:
     """Haar DWT: (B, C, H, W) -> (B, 4C, ceil(H/2), ceil(W/2))."""
-    return _HaarDWTFunction.apply(x)
+    return _dwt_op(x)
 
 
 def haar_idwt2d(x: Tensor, size: Optional[Tuple[int, int]] = None
                 ) -> Tensor:
     """Haar inverse DWT: (B, 4C, h, w) -> (B, C, 2h, 2w), or cropped to
     ``size`` = (H, W) of the DWT input (each side 2n or 2n - 1)."""
+    _check_idwt_size(x, size)
     if size is not None and torch.jit.is_tracing():
-        # sizes are traced values there, which a Function cannot take
-        return _HaarIDWTFunction.apply(x, None)[..., :size[0], :size[1]]
-    return _HaarIDWTFunction.apply(x, None if size is None else tuple(size))
+        # sizes are traced values there, which an operator cannot take
+        return _idwt_op(x, None)[..., :size[0], :size[1]]
+    return _idwt_op(x, None if size is None else [size[0], size[1]])
 
 
 def _check_4d(x: Tensor, name: str) -> None:
