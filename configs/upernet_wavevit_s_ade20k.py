@@ -39,7 +39,14 @@ param_scheduler = [
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000,
          by_epoch=False),
 ]
-train_dataloader = dict(batch_size=2)  # x 8 GPUs
+# --resume continues where the checkpoint left off without loading the
+# skipped batches, each iteration reseeded from (seed, iteration): the
+# uninterrupted run's weights exactly with num_workers=0 (with workers, as
+# here, the augmentations after the resume differ)
+train_cfg = dict(type='ResumableIterBasedTrainLoop')
+train_dataloader = dict(
+    batch_size=2,  # x 8 GPUs
+    sampler=dict(type='ResumableInfiniteSampler'))
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 
 # atomic checkpoints, per-epoch seeds, non-finite loss stop, label map

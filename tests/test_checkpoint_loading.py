@@ -1,11 +1,14 @@
 """wavevit_mm.checkpoint.loading: checkpoint files are read without running
 code from them. Files that are no checkpoint get an error naming them;
 pickles that call anything beyond the allow-list are refused, including
-attribute lookups through the ``getattr`` guard; mmengine's own objects
-read back."""
+attribute lookups through the ``getattr`` guard; zip checkpoints whose
+entries fail their CRC-32 check are refused naming the entry; mmengine's
+own objects read back."""
 import os
 import pathlib
 import pickle
+import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -13,7 +16,9 @@ import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 
-from helpers import BAD_FILES, ROOT, RunsCode, save, write_bad_file
+from helpers import (BAD_FILES, ROOT, TINY, RunsCode, assert_backbone_equals,
+                     pretrained, save, write_bad_file)
+from wavevit_mm import WaveViT
 from wavevit_mm.checkpoint import (MODEL_TRUST_HINT, SAFE_GLOBALS,
                                    CheckpointError, UnsafeCheckpointError,
                                    load_checkpoint)
@@ -31,6 +36,56 @@ def test_file_that_is_no_checkpoint_gets_one_line_naming_it(
         load_checkpoint(path)
     assert path in str(error.value)
     assert '\n' not in str(error.value)
+
+
+# ---------------------------------------------------------- damaged files
+
+def tiny_wavevit_weights():
+    torch.manual_seed(0)
+    return WaveViT(TINY).state_dict()
+
+
+def flip_bit_in_largest_tensor(path: str) -> str:
+    """Flip one bit in the middle of the largest tensor entry of a zip
+    checkpoint (located with zipfile, as the zip format lays it out) and
+    return the entry's name."""
+    with zipfile.ZipFile(path) as archive:
+        entry = max((info for info in archive.infolist()
+                     if '/data/' in info.filename),
+                    key=lambda info: info.file_size)
+    with open(path, 'r+b') as file:
+        file.seek(entry.header_offset + 26)
+        name_length, extra_length = struct.unpack('<HH', file.read(4))
+        offset = (entry.header_offset + 30 + name_length + extra_length
+                  + entry.file_size // 2)
+        file.seek(offset)
+        byte = file.read(1)[0]
+        file.seek(offset)
+        file.write(bytes([byte ^ 0x10]))
+    return entry.filename
+
+
+def test_bit_flip_in_tensor_data_is_refused_naming_the_entry(tmp_path):
+    weights = tiny_wavevit_weights()
+    path = save(tmp_path, weights, 'wavevit_tiny.pth')
+    entry = flip_bit_in_largest_tensor(path)
+    # torch.load alone does not check the CRC-32: it reads other weights
+    damaged = torch.load(path, weights_only=True)
+    assert not all(torch.equal(damaged[k], weights[k]) for k in weights)
+
+    with pytest.raises(CheckpointError) as error:
+        pretrained(TINY, path)  # init_cfg=dict(type='Pretrained', ...)
+    message = str(error.value)
+    assert message.startswith(
+        f'{path} is damaged: entry {entry!r} fails its CRC-32 check')
+    assert message.endswith('re-download or re-copy it.')
+    assert '\n' not in message
+
+
+def test_intact_checkpoint_loads_bit_for_bit(tmp_path):
+    weights = tiny_wavevit_weights()
+    path = save(tmp_path, weights, 'wavevit_tiny.pth')
+    assert_backbone_equals(pretrained(TINY, path), weights)
 
 
 # --------------------------------------------------------------- safety
