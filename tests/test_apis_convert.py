@@ -11,6 +11,7 @@ from helpers import (assert_backbone_equals, expected_backbone, official,
 from wavevit_mm import WaveViT
 from wavevit_mm.apis import convert_checkpoint
 from wavevit_mm.checkpoint import CheckpointError
+from wavevit_mm.errors import CheckpointWriteError
 
 
 @pytest.mark.parametrize('arch', [
@@ -79,7 +80,7 @@ def test_failed_write_leaves_destination_as_it_was(tmp_path, monkeypatch):
             file.write(b'PK\x03\x04 half a checkpoint')
         raise OSError(28, 'No space left on device')
     monkeypatch.setattr(torch, 'save', disk_full)
-    with pytest.raises(OSError, match='No space left'):
+    with pytest.raises(CheckpointWriteError, match='No space left'):
         convert_checkpoint(src, str(dst), force=True)
     assert dst.read_bytes() == b'previous weights'
     assert os.listdir(out) == ['wavevit_s.pth']

@@ -117,7 +117,8 @@ def test_paper_config_recipe(name):
 
 # ------------------------------------------------------- safeguard hooks
 
-SAFEGUARD_HOOKS = ['EpochSeedHook', 'FiniteCheckHook', 'LabelMapCheckHook']
+SAFEGUARD_HOOKS = ['WorkDirLockHook', 'CheckpointFitHook', 'EpochSeedHook',
+                   'FiniteCheckHook', 'LabelMapCheckHook']
 # The checkpoint hook each config inherits, (interval, by_epoch,
 # max_keep_ckpts): mmdet's default_runtime saves every epoch, mmseg's 160k
 # schedule every 16000 iterations; the toy configs save twice a run and

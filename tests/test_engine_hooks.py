@@ -1,21 +1,29 @@
 """wavevit_mm.engine.hooks, on a small model trained by mmengine's Runner:
-checkpoints that survive a failed write, exact resumption, and a stop at
-the first non-finite loss or weight."""
+checkpoints that survive a failed write or a full disk, exact resumption,
+a stop at the first non-finite loss or weight, a refused checkpoint of
+another model, and one training run per work dir."""
 import os
 import random
+import re
+import signal
+import subprocess
+import sys
+import textwrap
 import uuid
 
 import numpy as np
 import pytest
 import torch
 from mmengine.fileio import LocalBackend
+from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch import nn
 
+from helpers import ROOT
 from wavevit_mm.apis import find_resume_checkpoint
-from wavevit_mm.checkpoint import load_checkpoint
-from wavevit_mm.errors import TrainingDivergedError
+from wavevit_mm.checkpoint import CheckpointError, load_checkpoint
+from wavevit_mm.errors import CheckpointWriteError, TrainingDivergedError
 
 # 8 samples, 2 per batch: 4 iterations per epoch
 DATA = [dict(inputs=torch.full((4, ), float(i))) for i in range(8)]
@@ -25,9 +33,9 @@ class Noisy(BaseModel):
     """A linear model whose loss draws from the Python, NumPy and torch
     generators, so its training depends on their states."""
 
-    def __init__(self, nan_loss_at=None, inf_weight_at=None):
+    def __init__(self, nan_loss_at=None, inf_weight_at=None, outputs=1):
         super().__init__()
-        self.linear = nn.Linear(4, 1)
+        self.linear = nn.Linear(4, outputs)
         self.spare = nn.Parameter(torch.zeros(1))  # not in the loss
         self.nan_loss_at, self.inf_weight_at = nan_loss_at, inf_weight_at
         self.calls = 0
@@ -48,7 +56,8 @@ class Noisy(BaseModel):
 
 def make_runner(work_dir, max_epochs=3, seed_hook=True, model=None,
                 max_keep_ckpts=-1, **kwargs):
-    custom_hooks = [dict(type='FiniteCheckHook')]
+    custom_hooks = [dict(type='CheckpointFitHook'),
+                    dict(type='FiniteCheckHook')]
     if seed_hook:
         custom_hooks.append(dict(type='EpochSeedHook'))
     if model is None:
@@ -131,7 +140,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         put(self, obj, filepath)
 
     monkeypatch.setattr(LocalBackend, 'put', put_half_then_fail)
-    with pytest.raises(OSError, match='No space left'):
+    with pytest.raises(CheckpointWriteError, match='No space left'):
         train(make_runner(tmp_path, max_keep_ckpts=1))
     monkeypatch.setattr(LocalBackend, 'put', put)
     assert [p.name for p in tmp_path.glob('*.pth')] == ['epoch_1.pth']
@@ -169,3 +178,208 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     assert last_checkpoint(tmp_path) == str(tmp_path / 'epoch_1.pth')
     assert not list(tmp_path.glob('.*.tmp'))
     assert os.path.getsize(tmp_path / 'epoch_1.pth') > 0
+
+
+class PointerSeen(Hook):
+    """After epoch 1 (and its checkpoint), hard-links last_checkpoint:
+    the link keeps the file as it was unless it is rewritten in place."""
+
+    priority = 'LOWEST'
+
+    def after_train_epoch(self, runner):
+        if runner.epoch == 0:
+            os.link(os.path.join(runner.work_dir, 'last_checkpoint'),
+                    os.path.join(runner.work_dir, 'pointer_after_epoch_1'))
+
+
+def test_last_checkpoint_is_replaced_never_rewritten_in_place(tmp_path):
+    """mmengine truncates last_checkpoint and writes it again: killed in
+    between, the pointer is empty."""
+    runner = make_runner(tmp_path)
+    runner.register_hook(PointerSeen())
+    train(runner)
+    assert last_checkpoint(tmp_path) == str(tmp_path / 'epoch_3.pth')
+    assert (tmp_path / 'pointer_after_epoch_1').read_text() == str(
+        tmp_path / 'epoch_1.pth')
+
+
+@pytest.mark.parametrize('resume', [True, False], ids=['resume', 'load_from'])
+def test_checkpoint_of_another_model_is_refused_before_training(tmp_path,
+                                                                resume):
+    """mmengine loads with strict=False: it would train a model that is
+    partly the file's and partly random."""
+    train(make_runner(tmp_path / 'first', max_epochs=1))
+    checkpoint = tmp_path / 'first' / 'epoch_1.pth'
+    runner = make_runner(tmp_path / 'second', model=Noisy(outputs=2),
+                         resume=resume, load_from=str(checkpoint))
+    before = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    with pytest.raises(CheckpointError) as error:
+        train(runner)
+    assert str(error.value) == (
+        f'{checkpoint} does not fit the model built from the config: 2 have '
+        f'another shape (e.g. linear.bias: (1,) in the file, (2,) in the '
+        f'model). It was not used. Pass a checkpoint saved by training this '
+        f'config.')
+    assert runner.iter == 0 and not list((tmp_path / 'second').glob('*.pth'))
+    after = runner.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# ------------------------------------------- real processes: locks, limits
+
+RUN = textwrap.dedent('''
+    """Train a 128x128 linear layer (about 66 kB per checkpoint) for 2
+    epochs of 2 iterations, validating after each with a score that rises,
+    keeping 1 checkpoint and the best one. MODE: 'train'; 'hold' stalls in
+    iteration 1 until killed; 'full_periodic' / 'full_best' limit the size
+    of files this process writes to 32 KiB before epoch 2's checkpoint /
+    before epoch 2's best checkpoint is written."""
+    import resource, signal, sys, time
+    import torch
+    from mmengine.evaluator import BaseMetric, Evaluator
+    from mmengine.hooks import Hook
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+    import wavevit_mm  # registers the hooks
+    from wavevit_mm.errors import report_errors
+
+    work_dir, mode = sys.argv[1:]
+
+    class Line(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(128, 128)
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            out = self.linear(inputs)
+            return dict(loss=out.pow(2).mean()) if mode == 'loss' else [1]
+
+    class RisingScore(BaseMetric):
+        calls = 0
+
+        def process(self, data_batch, data_samples):
+            self.results.append(0)
+
+        def compute_metrics(self, results):
+            RisingScore.calls += 1
+            return dict(score=float(RisingScore.calls))
+
+    class Stage(Hook):
+        priority = 'LOWEST'  # after the checkpoint hook
+
+        def limit(self):
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead
+            resource.setrlimit(resource.RLIMIT_FSIZE, (32768, 32768))
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None,
+                             outputs=None):
+            if mode == 'hold':
+                print('holding the work dir', flush=True)
+                time.sleep(600)
+
+        def before_train_epoch(self, runner):
+            if mode == 'full_periodic' and runner.epoch == 1:
+                self.limit()
+
+        def after_train_epoch(self, runner):
+            if mode == 'full_best' and runner.epoch == 1:
+                self.limit()
+
+    data = dict(dataset=[dict(inputs=torch.randn(128)) for _ in range(4)],
+                sampler=dict(type='DefaultSampler', shuffle=False),
+                collate_fn=dict(type='default_collate'), batch_size=2)
+    torch.manual_seed(0)
+    with report_errors('run.py'):
+        runner = Runner(
+            model=Line(), work_dir=work_dir, train_dataloader=data,
+            train_cfg=dict(by_epoch=True, max_epochs=2), val_dataloader=data,
+            val_cfg=dict(), val_evaluator=Evaluator(RisingScore()),
+            optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+            default_hooks=dict(checkpoint=dict(
+                type='AtomicCheckpointHook', interval=1, max_keep_ckpts=1,
+                save_best='score', rule='greater')),
+            custom_hooks=[dict(type='WorkDirLockHook'), Stage()])
+        runner.train()
+''')
+
+
+def run_script(tmp_path, work_dir, mode, **kwargs):
+    script = tmp_path / 'run.py'
+    script.write_text(RUN)
+    args = [sys.executable, str(script), str(work_dir), mode]
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore',
+               PYTHONUNBUFFERED='1', PYTHONPATH=ROOT)  # this checkout
+    if kwargs.pop('background', False):
+        return subprocess.Popen(args, env=env, cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+    return subprocess.run(args, env=env, cwd=ROOT, text=True,
+                          capture_output=True, timeout=300)
+
+
+def error_paragraph(result):
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr
+    return result.stderr.strip().split('\n')[-1]
+
+
+@pytest.mark.slow
+def test_second_run_on_a_work_dir_is_refused_until_the_first_dies(tmp_path):
+    work_dir = tmp_path / 'work'
+    first = run_script(tmp_path, work_dir, 'hold', background=True)
+    try:
+        for line in first.stdout:
+            if 'holding the work dir' in line:
+                break
+        assert first.poll() is None
+        message = error_paragraph(run_script(tmp_path, work_dir, 'train'))
+        assert re.fullmatch(
+            rf'run\.py: error: {work_dir} is in use by another training run '
+            rf'\(pid {first.pid} on host \S+, running since '
+            rf'\d{{4}}-\d\d-\d\dT[\d:]{{8}}[+-][\d:]+; lock file '
+            rf'{work_dir}/train\.lock\)\. Two runs in one work dir would '
+            rf'overwrite each other\'s checkpoints: wait for it to end, stop '
+            rf'it, or train into another --work-dir\.', message), message
+        # the refused run wrote no checkpoint
+        assert not list(work_dir.glob('*.pth'))
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == -signal.SIGKILL
+
+    result = run_script(tmp_path, work_dir, 'train')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'ended without releasing it; taking it over' in result.stdout
+    assert f'(pid {first.pid} on host' in result.stdout
+    assert sorted(p.name for p in work_dir.glob('*.pth')) == [
+        'best_score_epoch_2.pth', 'epoch_2.pth']
+    assert (work_dir / 'train.lock').read_text() == ''  # released
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mode,failed,kept', [
+    ('full_periodic', 'epoch_2.pth', ['best_score_epoch_1.pth',
+                                      'epoch_1.pth']),
+    ('full_best', 'best_score_epoch_2.pth', ['best_score_epoch_1.pth',
+                                             'epoch_2.pth']),
+], ids=['periodic', 'best'])
+def test_full_disk_keeps_the_previous_checkpoints(tmp_path, mode, failed,
+                                                  kept):
+    """A real refused write: RLIMIT_FSIZE (32 KiB) makes writing a 66 kB
+    checkpoint fail with EFBIG, as a full disk fails with ENOSPC."""
+    work_dir = tmp_path / 'work'
+    message = error_paragraph(run_script(tmp_path, work_dir, mode))
+    match = re.fullmatch(
+        rf'run\.py: error: Could not write {work_dir}/{failed} \((\d+) '
+        rf'bytes\) into {work_dir}: File too large \[EFBIG\], \d+ bytes '
+        rf'free there\. The files there are as they were \(nothing '
+        rf'replaced or deleted, no partial file left\): .*', message)
+    assert match, message
+    # the bytes needed: about what the checkpoint before took
+    written = os.path.getsize(work_dir / kept[0])
+    assert abs(int(match[1]) - written) < 0.02 * written
+    assert not [n for n in os.listdir(work_dir) if n.startswith('.')]
+    assert sorted(p.name for p in work_dir.glob('*.pth')) == kept
+    assert last_checkpoint(work_dir) == str(work_dir / kept[1])
+    for name in kept:
+        assert weights(work_dir / name)['linear.weight'].shape == (128, 128)

@@ -116,6 +116,35 @@ def test_load_from_reads_an_mmengine_checkpoint(toy_workspace,
     assert len(val_metrics(log)) == 12
 
 
+RETINANET_CONFIG = DET_CONFIG.replace('mask_rcnn', 'retinanet')
+
+
+@pytest.mark.parametrize('how,config,options', [
+    ('--resume', DET_CONFIG, ['model.roi_head.bbox_head.num_classes=4']),
+    ('load_from', RETINANET_CONFIG, []),
+], ids=['resume_other_number_of_classes', 'load_from_other_head'])
+def test_checkpoint_of_another_model_stops_before_training(
+        toy_workspace, uninterrupted, tmp_path, how, config, options):
+    """mmengine loads with strict=False and would train a model partly
+    loaded, partly random; the run stops with one paragraph instead."""
+    checkpoint = uninterrupted[0] / 'epoch_2.pth'
+    args = ['--resume', str(checkpoint)] if how == '--resume' else []
+    options = options + ([f'load_from={checkpoint}']
+                         if how == 'load_from' else [])
+    command = train_command(tmp_path, *args, options=options)
+    command[2] = config
+    result = run_process(command, toy_workspace)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr
+    message = result.stderr.strip().split('\n')[-1]
+    assert message.startswith(f'train.py: error: {checkpoint} does not fit '
+                              f'the model built from the config: ')
+    assert message.endswith('It was not used. Pass a checkpoint saved by '
+                            'training this config.')
+    assert 'Epoch(train)' not in result.stdout
+    assert not list(tmp_path.glob('*.pth'))
+
+
 DIES_WHILE_SAVING = textwrap.dedent('''
     """Train a small model for 3 epochs, keeping one checkpoint; with
     'die', the process kills itself halfway through writing epoch 2."""

@@ -1,9 +1,11 @@
 """Errors a user can fix, and how the tools report them.
 
 A checkpoint that is no checkpoint, a config asking for an impossible
-backbone, a dataset folder that is not there: these are mistakes in what
-the user gave, and the tools answer them with one paragraph on stderr
-(``train.py: error: ...``) and exit status 1, not with a traceback.
+backbone, a dataset folder that is not there, a work dir another run is
+using or whose disk is full: these are mistakes in what the user gave or
+in where the run is, and the tools answer them with one paragraph on
+stderr (``train.py: error: ...``) and exit status 1, not with a
+traceback.
 Anything else, i.e. a bug, keeps its traceback.
 """
 import contextlib
@@ -26,6 +28,15 @@ class DataError(InputError):
 
 class CheckpointError(InputError):
     """A file that cannot be used as the weights asked for."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint that could not be written (disk full, a file-size limit,
+    a read-only folder); the files that were there are left as they were."""
+
+
+class WorkDirInUseError(InputError):
+    """A work dir that another live training run is writing to."""
 
 
 class UnsafeCheckpointError(CheckpointError):

@@ -15,6 +15,13 @@ safeguard_default_hooks = dict(
     checkpoint=dict(type='AtomicCheckpointHook'))
 
 safeguard_custom_hooks = [
+    # one training run per work dir: a second one is refused, naming the
+    # first (pid, host, since when); a killed run's lock is taken over
+    dict(type='WorkDirLockHook'),
+    # a checkpoint to resume or load from must fit the model exactly
+    # (mmengine would load the part that fits and train the rest from
+    # scratch)
+    dict(type='CheckpointFitHook'),
     # reseed every epoch from (seed, epoch): a resumed run repeats the
     # uninterrupted one
     dict(type='EpochSeedHook'),

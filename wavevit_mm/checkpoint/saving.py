@@ -4,13 +4,17 @@
 temporary file beside the destination, flushed to the disk, then moved
 into place with one ``os.replace``. A process killed, or a disk full, at
 any moment leaves either the old file or the new one, never half of one,
-and no temporary file after a failure it survives.
+and no temporary file after a failure it survives; a write the system
+refuses is a :class:`~wavevit_mm.errors.CheckpointWriteError` naming the
+folder and the bytes needed.
 :class:`AtomicLocalBackend` is mmengine's local file backend written that
 way, for the checkpoint hook.
 """
 import contextlib
+import errno
 import os
 import os.path as osp
+import shutil
 import uuid
 from typing import Dict, Iterator, List, Optional
 
@@ -18,7 +22,7 @@ import torch
 from mmengine.fileio import LocalBackend, register_backend
 from torch import Tensor
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointWriteError
 
 #: Temporary files are ``.<name>.<random>.tmp`` beside their destination.
 TMP_SUFFIX = '.tmp'
@@ -38,31 +42,56 @@ def is_temporary(name: str) -> bool:
     return name.startswith('.') and name.endswith(TMP_SUFFIX)
 
 
+def _write_failure(dst: str, folder: str, size: Optional[int],
+                   error: OSError) -> CheckpointWriteError:
+    """One paragraph on a write that failed: the file, the folder, the
+    bytes it needed, what the system said and what is left."""
+    needed = f' ({size} bytes)' if size is not None else ''
+    try:
+        free = f', {shutil.disk_usage(folder).free} bytes free there'
+    except OSError:
+        free = ''
+    reason = error.strerror or str(error)
+    code = errno.errorcode.get(error.errno, '')
+    return CheckpointWriteError(
+        f'Could not write {dst}{needed} into {folder}: {reason}'
+        f'{" [" + code + "]" if code else ""}{free}. The files there are as '
+        f'they were (nothing replaced or deleted, no partial file left): '
+        f'free space, raise the file-size limit (ulimit -f) or write to '
+        f'another folder, then resume from the last checkpoint.')
+
+
 @contextlib.contextmanager
-def atomic_write(dst: str) -> Iterator[str]:
+def atomic_write(dst: str, size: Optional[int] = None) -> Iterator[str]:
     """Yield a temporary path beside ``dst`` to write the file to.
 
     When the block ends normally the file is flushed to the disk and
     replaces ``dst`` in one step (and the folder entry is flushed); when it
     raises, the temporary file is removed and ``dst`` is left as it was.
+    A write the system refuses (no space, a file-size limit, a read-only
+    folder: any OSError) becomes a :class:`CheckpointWriteError` naming
+    ``dst``, its folder and ``size``, the bytes the file needs.
     """
     folder = osp.dirname(osp.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
     tmp = osp.join(folder, f'.{osp.basename(dst)}.{uuid.uuid4().hex[:8]}'
                            f'{TMP_SUFFIX}')
     try:
+        os.makedirs(folder, exist_ok=True)
         yield tmp
         _fsync(tmp)
         os.replace(tmp, dst)
-        _fsync(folder)
+    except OSError as error:
+        raise _write_failure(dst, folder, size, error) from error
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
+    _fsync(folder)
 
 
 def write_text_atomically(path: str, text: str) -> None:
-    with atomic_write(path) as tmp, open(tmp, 'w') as file:
-        file.write(text)
+    data = text.encode()
+    with atomic_write(path, len(data)) as tmp, open(tmp, 'wb') as file:
+        file.write(data)
 
 
 def save_weights(state_dict: Dict[str, Tensor], path: str,
@@ -97,11 +126,11 @@ class AtomicLocalBackend(LocalBackend):
         self._deferred: Optional[List[str]] = None
 
     def put(self, obj: bytes, filepath) -> None:
-        with atomic_write(str(filepath)) as tmp:
+        with atomic_write(str(filepath), len(obj)) as tmp:
             super().put(obj, tmp)
 
     def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
-        with atomic_write(str(filepath)) as tmp:
+        with atomic_write(str(filepath), len(obj.encode(encoding))) as tmp:
             super().put_text(obj, tmp, encoding)
 
     def remove(self, filepath) -> None:

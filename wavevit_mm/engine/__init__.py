@@ -1,14 +1,18 @@
-"""What mmengine's Runner calls: the safeguard hooks and the optimizer
-wrapper behind ``--amp`` on the CPU, and the iteration-based training loop
-that resumes exactly (registered on import)."""
-from .hooks import (AtomicCheckpointHook, EpochSeedHook, FiniteCheckHook,
-                    LabelMapCheckHook, label_map_problems)
+"""What mmengine's Runner calls: the safeguard hooks, the optimizer wrapper
+behind ``--amp`` on the CPU, and the iteration-based training loop that
+resumes exactly (registered on import)."""
+from .hooks import (AtomicCheckpointHook, CheckpointFitHook, EpochSeedHook,
+                    FiniteCheckHook, LabelMapCheckHook, WorkDirLockHook,
+                    check_model_fits, label_map_problems, lock_work_dir,
+                    unlock_work_dir)
 from .loops import ResumableInfiniteSampler, ResumableIterBasedTrainLoop
 from .optim_wrapper import CPUAutocastOptimWrapper, autocast_module
 
 __all__ = [
     'AtomicCheckpointHook', 'EpochSeedHook', 'FiniteCheckHook',
     'LabelMapCheckHook', 'label_map_problems', 'CPUAutocastOptimWrapper',
-    'autocast_module', 'ResumableInfiniteSampler',
-    'ResumableIterBasedTrainLoop'
+    'autocast_module',
+    'ResumableInfiniteSampler', 'ResumableIterBasedTrainLoop',
+    'CheckpointFitHook', 'WorkDirLockHook', 'check_model_fits',
+    'lock_work_dir', 'unlock_work_dir',
 ]

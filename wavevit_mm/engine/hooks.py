@@ -3,9 +3,13 @@ them (``configs/_base_/safeguards.py``), so ``print(cfg.pretty_text)``
 shows every hook a run uses.
 
 * :class:`AtomicCheckpointHook` -- mmengine's CheckpointHook, but a
-  checkpoint file only ever appears complete, and older ones are deleted
-  only once the new one is in place, so a process killed at any moment
-  leaves a work dir ``--resume`` can continue from.
+  checkpoint file (and ``last_checkpoint``) only ever appears complete,
+  and older ones are deleted only once the new one is in place, so a
+  process killed at any moment, or a full disk, leaves a work dir
+  ``--resume`` can continue from.
+* :class:`CheckpointFitHook` -- a checkpoint to resume or load from must
+  fit the model exactly; mmengine would load the part that fits.
+* :class:`WorkDirLockHook` -- one training run per work dir.
 * :class:`EpochSeedHook` -- reseeds at every epoch start from (seed, epoch),
   so a run resumed from an epoch checkpoint repeats the uninterrupted run.
 * :class:`FiniteCheckHook` -- stops at the first non-finite loss, naming the
@@ -13,20 +17,33 @@ shows every hook a run uses.
 * :class:`LabelMapCheckHook` -- before training or testing, checks that
   every segmentation label map exists and has its image's size.
 """
+import datetime
+import fcntl
+import json
+import logging
 import os
 import os.path as osp
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+import socket
+from typing import IO, Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
-from mmengine.dist import is_main_process
+from mmengine.dist import broadcast_object_list, get_world_size, \
+    is_main_process
 from mmengine.hooks import CheckpointHook, Hook
+from mmengine.logging import print_log
 from mmengine.registry import HOOKS
-from mmengine.runner import EpochBasedTrainLoop, set_random_seed
+from mmengine.runner import (EpochBasedTrainLoop, find_latest_checkpoint,
+                             set_random_seed)
 from PIL import Image
+from torch import Tensor, nn
 
-from ..checkpoint import AtomicLocalBackend, is_temporary
-from ..errors import DataError, TrainingDivergedError
+from ..checkpoint import (AtomicLocalBackend, CheckpointError, fit_problems,
+                          is_temporary, strip_prefix, unwrap_state_dict,
+                          write_text_atomically)
+from ..errors import DataError, TrainingDivergedError, WorkDirInUseError
+from ..models import WaveViT, convert_official, describe_arch
+from ..models.official import arch_signature, has_wavevit_weights
 
 
 @HOOKS.register_module()
@@ -38,9 +55,13 @@ class AtomicCheckpointHook(CheckpointHook):
     writing, it leaves a truncated file and, with ``max_keep_ckpts=1``, no
     usable one. Here checkpoints on the local disk are written through
     :class:`~wavevit_mm.checkpoint.AtomicLocalBackend` (a hidden temporary
-    file, flushed and renamed), and outdated ones are deleted only after
-    the new one is in place. Other storage backends are written as
-    mmengine does.
+    file, flushed and renamed), ``last_checkpoint`` is replaced the same
+    way once the file it names is in place, and outdated ones are deleted
+    only after that. A write the disk refuses (full, a file-size limit,
+    read-only) stops the run with a
+    :class:`~wavevit_mm.errors.CheckpointWriteError` naming the folder and
+    the bytes needed, everything already there left as it was. Other
+    storage backends are written as mmengine does.
     """
 
     def __init__(self, *args, out_dir: Optional[str] = None,
@@ -67,11 +88,37 @@ class AtomicCheckpointHook(CheckpointHook):
 
     def _save_checkpoint_with_step(self, runner, step: int,
                                    meta: Dict) -> None:
+        """Save ``epoch_N``/``iter_N`` as mmengine does, in a safe order:
+        the new file, then ``last_checkpoint`` pointing to it (written
+        atomically; mmengine truncates and rewrites it in place), then the
+        files beyond ``max_keep_ckpts`` are deleted."""
         backend = self._atomic_backend()
         if backend is None:
             return super()._save_checkpoint_with_step(runner, step, meta)
-        with backend.removals_deferred():
-            super()._save_checkpoint_with_step(runner, step, meta)
+        outdated = None
+        ids = self.keep_ckpt_ids if self.max_keep_ckpts > 0 else None
+        # a step is saved again after a new best one: nothing to drop then
+        if ids is not None and not (ids and ids[-1] == step):
+            if len(ids) == self.max_keep_ckpts:
+                outdated = backend.join_path(
+                    self.out_dir, self.filename_tmpl.format(ids.popleft()))
+            ids.append(step)
+            runner.message_hub.update_info('keep_ckpt_ids', list(ids))
+        filename = self.filename_tmpl.format(step)
+        self.last_ckpt = backend.join_path(self.out_dir, filename)
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        runner.save_checkpoint(
+            self.out_dir, filename, self.file_client_args,
+            save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler, meta=meta,
+            by_epoch=self.by_epoch, backend_args=self.backend_args,
+            **self.args)
+        if not is_main_process():
+            return
+        write_text_atomically(osp.join(runner.work_dir, 'last_checkpoint'),
+                              self.last_ckpt)
+        if outdated is not None and backend.isfile(outdated):
+            backend.remove(outdated)  # waits if a best one is being saved
 
     def _save_best_checkpoint(self, runner, metrics) -> None:
         backend = self._atomic_backend()
@@ -79,6 +126,180 @@ class AtomicCheckpointHook(CheckpointHook):
             return super()._save_best_checkpoint(runner, metrics)
         with backend.removals_deferred():
             super()._save_best_checkpoint(runner, metrics)
+
+
+# ----------------------------------------- checkpoints that fit the model
+
+def _backbone_note(state_dict: Dict[str, Tensor],
+                   own: Dict[str, Tensor]) -> str:
+    """What the file's backbone is, when the model's is a Wave-ViT."""
+    own_backbone, _ = strip_prefix(own, 'backbone.')
+    if not has_wavevit_weights(own_backbone):
+        return ''
+    file_backbone, _ = strip_prefix(state_dict, 'backbone.')
+    zoo = WaveViT.arch_zoo
+    if has_wavevit_weights(file_backbone):
+        if arch_signature(file_backbone) == arch_signature(own_backbone):
+            return ''
+        return (f' Its backbone is {describe_arch(file_backbone, zoo)}, the '
+                f"config's is {describe_arch(own_backbone, zoo)}.")
+    if file_backbone:
+        return (f' Its backbone is not a Wave-ViT (its weights start with '
+                f'{", ".join(list(file_backbone)[:2])}).')
+    if has_wavevit_weights(convert_official(state_dict)[0]):
+        return (' It holds backbone weights only: use it as '
+                'model.backbone.init_cfg.checkpoint to train from it.')
+    return (f' It has no backbone weights at all (its weights start with '
+            f'{", ".join(list(state_dict)[:2])}).')
+
+
+def check_model_fits(state_dict: Dict[str, Tensor], model: nn.Module,
+                     filename: str) -> None:
+    """Raise CheckpointError unless ``state_dict`` has exactly the keys and
+    shapes of ``model`` (unwrapped from DDP or test-time augmentation)."""
+    while hasattr(model, 'module') and isinstance(model.module, nn.Module):
+        model = model.module
+    own = model.state_dict()
+    problems = fit_problems(state_dict, own, 'model')
+    if not problems:
+        return
+    raise CheckpointError(
+        f'{filename} does not fit the model built from the config: '
+        f'{"; ".join(problems)}.{_backbone_note(state_dict, own)} It was not '
+        f'used. Pass a checkpoint saved by training this config.')
+
+
+@HOOKS.register_module()
+class CheckpointFitHook(Hook):
+    """Refuse a checkpoint to resume or load from (``--resume``,
+    ``load_from``) that does not fit the model exactly.
+
+    mmengine loads it with ``strict=False``: a file of another arch, head
+    or number of classes only logs warnings, and the run trains (or tests)
+    a model that is partly the file's and partly random. The check runs on
+    the checkpoint mmengine has just read, before any of it reaches the
+    model, so the file is not deserialized a second time.
+    """
+
+    priority = 'VERY_HIGH'  # before EMAHook and others use the checkpoint
+
+    def after_load_checkpoint(self, runner, checkpoint: Dict) -> None:
+        filename = _loaded_file(runner)
+        try:
+            state_dict = unwrap_state_dict(checkpoint)[0]
+        except CheckpointError as error:
+            raise CheckpointError(f'{filename} {error}.') from None
+        check_model_fits(state_dict, runner.model, filename)
+
+
+def _loaded_file(runner) -> str:
+    """The checkpoint the Runner loads: ``load_from``, or with ``resume``
+    alone the latest one mmengine finds in the work dir."""
+    return (getattr(runner, '_load_from', None)  # no public accessor
+            or find_latest_checkpoint(runner.work_dir) or 'The checkpoint')
+
+
+# ----------------------------------------------------- one run, one work dir
+
+#: The lock file in the work dir: flock()ed by the run training there,
+#: holding its pid, host and start time.
+LOCK_FILE = 'train.lock'
+# Work dirs (real paths) this process holds, with their open lock files
+_held_locks: Dict[str, IO[str]] = {}
+
+
+def _owner_text(owner: Dict[str, Any]) -> str:
+    return (f'pid {owner.get("pid", "?")} on host {owner.get("host", "?")}, '
+            f'running since {owner.get("since", "?")}')
+
+
+def lock_work_dir(work_dir: str) -> None:
+    """Take the work dir for this process, or raise WorkDirInUseError
+    naming the live run that holds it.
+
+    The lock is an ``flock`` on ``work_dir/train.lock``, which the kernel
+    releases when its process dies however it dies, so a lock left by a
+    killed run is taken over (with a warning naming that run).
+    """
+    path = osp.realpath(osp.join(work_dir, LOCK_FILE))
+    file = _held_locks.get(path)
+    if file is None:  # not held by an earlier run of this process
+        os.makedirs(osp.dirname(path), exist_ok=True)
+        file = open(path, 'a+')
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            owner = _read_owner(file.read())
+            file.close()
+            raise WorkDirInUseError(
+                f'{work_dir} is in use by another training run '
+                f'({_owner_text(owner)}; lock file {path}). Two runs in one '
+                f'work dir would overwrite each other\'s checkpoints: wait '
+                f'for it to end, stop it, or train into another --work-dir.'
+            ) from None
+        _held_locks[path] = file
+    file.seek(0)
+    previous = _read_owner(file.read())
+    if previous and previous.get('pid') != os.getpid():
+        print_log(f'{work_dir}: the training run that used it before '
+                  f'({_owner_text(previous)}) ended without releasing it; '
+                  f'taking it over.', logger='current',
+                  level=logging.WARNING)
+    since = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+    file.seek(0)
+    file.truncate()
+    file.write(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
+                               since=since)) + '\n')
+    file.flush()
+
+
+def _read_owner(text: str) -> Dict[str, Any]:
+    try:
+        owner = json.loads(text)
+    except ValueError:  # empty (released) or being written
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def unlock_work_dir(work_dir: str) -> None:
+    """Release the work dir taken by :func:`lock_work_dir` (the lock file
+    stays, emptied: deleting it could let two runs lock different files)."""
+    file = _held_locks.pop(osp.realpath(osp.join(work_dir, LOCK_FILE)), None)
+    if file is not None:
+        file.truncate(0)
+        file.close()  # closing releases the flock
+
+
+@HOOKS.register_module()
+class WorkDirLockHook(Hook):
+    """Refuse to train in a work dir another live run is training in.
+
+    Two runs in one work dir write the same ``epoch_N.pth`` and
+    ``last_checkpoint`` and delete each other's files. Before training
+    (after the checkpoint to resume from has been read, before anything is
+    written or cleaned up) rank 0 takes the work dir with
+    :func:`lock_work_dir`; every rank stops with the same error if it is
+    taken. Testing and validating do not lock: they write no checkpoints.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def before_train(self, runner) -> None:
+        refusal = [None]
+        if is_main_process():
+            try:
+                lock_work_dir(runner.work_dir)
+            except WorkDirInUseError as error:
+                refusal = [str(error)]
+        if get_world_size() > 1:
+            broadcast_object_list(refusal)
+        if refusal[0] is not None:
+            raise WorkDirInUseError(refusal[0])
+
+    def after_train(self, runner) -> None:
+        if is_main_process():
+            unlock_work_dir(runner.work_dir)
 
 
 @HOOKS.register_module()
