@@ -1,7 +1,9 @@
 """tools/analysis_tools/benchmark.py's pieces (measure.py and
 official_formulation.py beside it): the official formulation it times
-against, the tables it prints, the memory and training-step measurements
-(speed itself is measured, never asserted)."""
+against, the tables it prints, the precisions, the memory, training-step and
+operator-count measurements, the JSON of a run (speed itself is measured,
+never asserted)."""
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT, wavevit_multiply_adds
+from helpers import ROOT, TINY, wavevit_multiply_adds
+from wavevit_mm.errors import InputError
 from wavevit_mm.models import WaveViT
 from wavevit_mm.ops import DWT2D, IDWT2D
 
@@ -69,10 +72,10 @@ def test_wavelet_table_reports_equality_and_every_implementation():
 
 @pytest.mark.slow
 def test_backbone_table_row_compares_outputs_with_the_official_formulation():
-    rate, rows = benchmark.backbone_table(
-        ['Wave-ViT-S', 'Wave-ViT-S (official formulation)'], (1, 3, 64, 64),
+    rates, rows = benchmark.backbone_table(
+        ['Wave-ViT-S', 'Wave-ViT-S (official formulation)'], [1], (64, 64),
         repeat=1, device=torch.device('cpu'))
-    assert rate > 0
+    assert rates['fp32'] > 0
     ours, official = rows
     assert ours['params'] == official['params']
     # the multiply-adds of the convolutions, linear layers and attention,
@@ -122,3 +125,102 @@ def test_mask_rcnn_training_steps_are_timed_and_update_the_model():
     assert len(result['losses']) == 3   # warm-up + 2 timed steps
     assert all(torch.isfinite(torch.tensor(result['losses'])))
     assert len(set(result['losses'])) == 3  # same batch, updated weights
+
+
+CPU = torch.device('cpu')
+
+
+def record_linear_output_dtypes(model):
+    """The dtype of every nn.Linear output the model computes."""
+    dtypes = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(
+                lambda module, args, out: dtypes.append(out.dtype))
+    return dtypes
+
+
+def test_bf16_runs_the_backbone_under_autocast_and_fp32_without_tf32():
+    model = WaveViT(TINY).eval()
+    dtypes = record_linear_output_dtypes(model)
+    image = torch.randn(1, 3, 64, 64)
+    tf32 = torch.backends.cudnn.allow_tf32
+    with torch.no_grad(), benchmark.precision('bf16', CPU):
+        model(image)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    dtypes.clear()
+    with torch.no_grad(), benchmark.precision('fp32', CPU):
+        assert not torch.backends.cuda.matmul.allow_tf32
+        assert not torch.backends.cudnn.allow_tf32
+        model(image)
+    assert dtypes and set(dtypes) == {torch.float32}
+    assert torch.backends.cudnn.allow_tf32 == tf32  # restored
+
+
+@pytest.mark.parametrize('dtype', ['tf32', 'fp16'])
+def test_precisions_the_cpu_cannot_run_are_refused(dtype):
+    with pytest.raises(InputError, match=f'--dtype {dtype} needs a CUDA'):
+        with benchmark.precision(dtype, CPU):
+            pass
+
+
+def test_backbone_training_step_is_timed_with_backward_and_no_cpu_memory():
+    model = WaveViT(TINY)
+    dtypes = record_linear_output_dtypes(model)
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        model(image)
+    per_forward = len(dtypes)
+    dtypes.clear()
+    result = benchmark.time_train_step(model, image, repeat=2, device=CPU,
+                                       dtype='bf16')
+    assert 0 < result['min'] <= result['median']
+    assert result['peak_mem'] is None  # the allocator's peak is CUDA's
+    # one warm-up and two timed steps, each forward in bfloat16
+    assert len(dtypes) == 3 * per_forward
+    assert set(dtypes) == {torch.bfloat16}
+    # backward reached every weight
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_aten_operators_of_one_call_are_counted():
+    a, b, c = torch.ones(3), torch.ones(3), torch.ones(3)
+    assert benchmark.count_aten_ops(lambda: torch.add(a, b)) == 1
+    assert benchmark.count_aten_ops(lambda: a.add(b).mul(c)) == 2
+    # nested ones too: ones is empty, then fill_
+    assert benchmark.count_aten_ops(lambda: torch.ones(3)) == 3
+
+
+def test_backbone_issues_fewer_operators_in_eval_than_in_training():
+    (row, ) = benchmark.operator_counts(['Wave-ViT-S'], (1, 3, 64, 64), CPU)
+    assert row['name'] == 'Wave-ViT-S' and 'error' not in row
+    # the backward pass adds at least one operator per differentiable one
+    assert 0 < 1.5 * row['eval'] < row['train']
+
+
+@pytest.mark.slow
+def test_benchmark_json_holds_every_figure_of_the_run(tmp_path):
+    out = tmp_path / 'figures.json'
+    run = subprocess.run(
+        [sys.executable, os.path.join(RIG, 'benchmark.py'), '--device', 'cpu',
+         '--backbones', 'Wave-ViT-S', '--shape', '64', '64',
+         '--batch-size', '2', '1', '--dtypes', 'fp32', 'bf16', '--repeat',
+         '1', '--skip-wavelets', '--train-step-shape', '1', '64', '64',
+         '--count-ops', '--count-shape', '1', '3', '64', '64', '--json',
+         str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    figures = json.loads(out.read_text())
+    assert figures['environment']['torch'] == torch.__version__
+    assert set(figures['matmul_rates']) == {'fp32', 'bf16'}
+    rows = figures['backbones']
+    assert sorted((r['dtype'], r['batch']) for r in rows) == [
+        ('bf16', 1), ('bf16', 2), ('fp32', 1), ('fp32', 2)]
+    assert all(r['name'] == 'Wave-ViT-S' and r['median'] > 0 for r in rows)
+    steps = figures['train_step']
+    assert [(r['dtype'], r['input']) for r in steps] == [
+        ('fp32', [1, 3, 64, 64]), ('bf16', [1, 3, 64, 64])]
+    assert all(r['median'] > 0 and r['peak_mem'] is None for r in steps)
+    (counts, ) = figures['operator_counts']
+    assert 0 < counts['eval'] < counts['train']
+    # the same figures as the printed table
+    assert '| Wave-ViT-S | bf16 | 2 |' in run.stdout

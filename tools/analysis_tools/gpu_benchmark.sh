@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Every GPU figure of the README's benchmark section, in one run on a CUDA
+# machine, from the project root or anywhere:
+#
+#   bash tools/analysis_tools/gpu_benchmark.sh OUT_DIR
+#
+# Each step writes OUT_DIR/<step>.log (the printed tables) and
+# OUT_DIR/<step>.json (every figure, rewritten after each table, so a step
+# cut short keeps what it measured); OUT_DIR/steps.txt lists the steps with
+# their exit status and seconds. A failing step does not stop the next one.
+#
+# Where the checkout carries the .gpu/ folder that ../shared/gpu/prepare.sh
+# fills (and DEVICE is not cpu), the MM stack is installed from it and
+# mmcv's CUDA ops are built in the background (about 6.5 minutes, niced, on
+# 10 of 16 cores) while the backbones are measured; until then mmdet's
+# models do not import, so the PVTv2-b2 and ResNet-50 rows are timm's and
+# torchvision's (the same networks; the row names say which). The Mask
+# R-CNN step, which needs those ops, comes last. About 8 minutes in all.
+#
+# STEPS="haar mask_rcnn_amp" runs only the steps named (e.g. to redo
+# some). The sizes can be made small to try the script on a CPU, e.g.
+#   DEVICE=cpu DTYPES="fp32 bf16" TRAIN_DTYPES=bf16 SIZE="64 64" \
+#   TRAIN_STEP="1 64 64" TRAIN_SHAPE="128 160" REPEAT=1 \
+#   bash tools/analysis_tools/gpu_benchmark.sh /tmp/out
+set -u
+out=$(mkdir -p "${1:?usage: gpu_benchmark.sh OUT_DIR}" && cd "$1" && pwd)
+cd "$(dirname "$0")/../.."
+
+py=${PYTHON:-python3}
+device=${DEVICE:-cuda}
+repeat=${REPEAT:-10}
+size=${SIZE:-800 1216}               # H W of the backbone inputs
+dtypes=${DTYPES:-fp32 tf32 bf16}     # inference
+train_dtypes=${TRAIN_DTYPES:-bf16 fp32}
+train_step=${TRAIN_STEP:-2 800 1216} # B H W of the backbone training step
+train_shape=${TRAIN_SHAPE:-800 1333} # H W of the Mask R-CNN batch
+backbones=(Wave-ViT-S Wave-ViT-B 'Wave-ViT-S (official formulation)'
+           PVTv2-b2 ResNet-50)
+all_steps='backbones train_step haar count_ops count_ops_compiled mask_rcnn_amp'
+steps=" ${STEPS:-$all_steps} "
+bench=("$py" tools/analysis_tools/benchmark.py --device "$device"
+       --repeat "$repeat")
+
+gpu_setup=$([ "$device" != cpu ] && [ -f .gpu/device_setup.sh ] && echo yes)
+if [ -n "$gpu_setup" ]; then
+  . .gpu/device_setup.sh build-mmcv || exit 1
+fi
+{ nvidia-smi; git rev-parse HEAD; git status --short; } \
+  > "$out/machine.txt" 2>&1
+
+step() {  # step NAME SECONDS ARGS...: one run of benchmark.py
+  local name=$1 limit=$2 start=$SECONDS rc
+  shift 2
+  [[ $steps == *" $name "* ]] || return 0
+  echo "$name: $(printf '%q ' "${bench[@]}" "$@")--json $out/$name.json" \
+    >> "$out/steps.txt"
+  timeout "$limit" "${bench[@]}" "$@" --json "$out/$name.json" \
+    > "$out/$name.log" 2>&1
+  rc=$?
+  echo "$name: exit $rc after $((SECONDS - start)) s" | tee -a "$out/steps.txt"
+}
+
+# shellcheck disable=SC2086  # the sizes are lists of numbers
+{
+step backbones 300 --skip-wavelets --backbones "${backbones[@]}" \
+  --shape $size --batch-size 8 1 --dtypes $dtypes
+step train_step 240 --skip-wavelets --skip-backbones \
+  --backbones "${backbones[@]}" --train-step-shape $train_step \
+  --dtypes $train_dtypes
+step haar 120 --skip-backbones
+step count_ops 180 --skip-wavelets --skip-backbones \
+  --backbones "${backbones[@]}" --count-ops
+# compiling takes a minute or two: while mmcv's ops are still being built
+step count_ops_compiled 300 --skip-wavelets --skip-backbones \
+  --backbones Wave-ViT-S --count-ops --compile
+if [ -n "$gpu_setup" ] && [[ $steps == *" mask_rcnn_amp "* ]]; then
+  . .gpu/device_setup.sh wait-mmcv >> "$out/steps.txt" 2>&1
+fi
+step mask_rcnn_amp 300 --skip-wavelets --skip-backbones \
+  --train-config configs/mask_rcnn_wavevit_s_coco.py \
+  --train-shape $train_shape --train-batch-size 2 --amp
+}
+# the tables, short: everything else is in the files
+grep -h -v -e '^|---' "$out"/*.log 2>/dev/null | grep -e '^|' -e '^device' \
+  -e '^training' -e '^matmul' -e 'not measured' -e 'difference'
