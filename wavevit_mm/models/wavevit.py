@@ -222,6 +222,11 @@ class Block(nn.Module):
         if self.with_cp and torch.is_grad_enabled() and (
                 x.requires_grad
                 or any(p.requires_grad for p in self.parameters())):
+            if torch.compiler.is_compiling():
+                # traced once: the recomputation torch.compile places in
+                # the backward graph updates no BatchNorm statistics
+                return cp.checkpoint(self._inner_forward, x, hw,
+                                     use_reentrant=False)
             return cp.checkpoint(
                 self._inner_forward, x, hw, use_reentrant=False,
                 context_fn=lambda: (contextlib.nullcontext(),
