@@ -40,9 +40,9 @@ param_scheduler = [
          by_epoch=False),
 ]
 # --resume continues where the checkpoint left off without loading the
-# skipped batches, each iteration reseeded from (seed, iteration): the
-# uninterrupted run's weights exactly with num_workers=0 (with workers, as
-# here, the augmentations after the resume differ)
+# skipped batches; each sample is augmented from its own seed (in whichever
+# worker loads it) and each iteration reseeded from (seed, iteration): the
+# uninterrupted run's weights exactly
 train_cfg = dict(type='ResumableIterBasedTrainLoop')
 train_dataloader = dict(
     batch_size=2,  # x 8 GPUs

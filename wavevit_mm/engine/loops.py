@@ -2,33 +2,82 @@
 
 mmengine's ``IterBasedTrainLoop`` skips the iterations a resumed run has
 already trained by drawing their batches again (every skipped image is read
-and augmented), and the random generators of the new process continue from
-its seed, not from where the killed run stood: the resumed run reaches the
-right iteration with other augmentations and other dropout masks.
+and augmented), and the random generators of the new process (and of its
+data loader workers) continue from its seed, not from where the killed run
+stood: the resumed run reaches the right iteration with other augmentations
+and other dropout masks.
 
 * :class:`ResumableInfiniteSampler` -- mmengine's ``InfiniteSampler``
   (same arguments, same index stream) that can be told where in its stream
-  to begin, so no batch is loaded to skip one.
+  to begin, so no batch is loaded to skip one. Each index it yields is a
+  :class:`SampleIndex` carrying the seed of that sample's augmentations,
+  drawn from (seed, position in the stream).
 * :class:`ResumableIterBasedTrainLoop` -- ``IterBasedTrainLoop`` that starts
-  the sampler at the resumed position and reseeds Python, NumPy and torch
-  before each batch is fetched from (seed, iteration, rank), so batch *i*'s
-  augmentations and iteration *i*'s random draws in the model depend on
-  nothing else.
+  the sampler at the resumed position, loads every sample with the
+  generators reseeded from its :class:`SampleIndex` (in whichever process
+  loads it: this one or a data loader worker), and reseeds them from
+  (seed, iteration, rank) before each iteration's step, so the
+  augmentations of a sample and the random draws of iteration *i* in the
+  model depend on nothing else.
 """
-import itertools
+import copy
 import logging
-from typing import Dict, Iterator, Optional, Sized, Union
+from typing import Any, Dict, Iterator, Optional, Sized, Union
 
 import numpy as np
 import torch
 from mmengine.dataset import InfiniteSampler
 from mmengine.dist import get_rank
 from mmengine.logging import print_log
-from mmengine.registry import DATA_SAMPLERS, LOOPS
+from mmengine.registry import DATA_SAMPLERS, DATASETS, LOOPS
 from mmengine.runner import IterBasedTrainLoop, set_random_seed
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
+
+
+def _mixed_seed(*entropy: int) -> int:
+    """A 32-bit seed drawn from the numbers given, all bits mixed."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
+
+
+class SampleIndex(int):
+    """A dataset index that also carries the seed of its sample's random
+    augmentations (an ``int`` everywhere else)."""
+
+    seed: int
+
+    def __new__(cls, index: int, seed: int) -> 'SampleIndex':
+        self = super().__new__(cls, index)
+        self.seed = seed
+        return self
+
+    def __reduce__(self):  # to data loader workers with its seed
+        return SampleIndex, (int(self), self.seed)
+
+
+class SeededSamples(Dataset):
+    """A dataset whose samples are loaded with Python, NumPy and torch
+    reseeded from their :class:`SampleIndex`, in whichever process loads
+    them, so a sample's augmentations do not depend on what that process
+    loaded before (a plain index loads as it would without this).
+    Attributes such as ``metainfo`` are the wrapped dataset's."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        if isinstance(index, SampleIndex):
+            set_random_seed(index.seed)
+        return self.dataset[int(index)]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == 'dataset':  # not set yet (while unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 @DATA_SAMPLERS.register_module()
@@ -40,7 +89,9 @@ class ResumableInfiniteSampler(InfiniteSampler):
     gets positions *r*, *r* + world size, ...). After :meth:`set_start`,
     iterating yields this rank's stream from the given position on; the
     shuffles of the passes before it are drawn (not the images loaded), so
-    a start at iteration 150k of ADE20K costs milliseconds.
+    a start at iteration 150k of ADE20K costs milliseconds. The indices are
+    :class:`SampleIndex` values seeded from (seed, position in the stream
+    of all ranks).
     """
 
     def __init__(self, dataset: Sized, shuffle: bool = True,
@@ -56,15 +107,18 @@ class ResumableInfiniteSampler(InfiniteSampler):
     def _infinite_indices(self) -> Iterator[int]:
         generator = torch.Generator()
         generator.manual_seed(self.seed)
-        skip = self.start * self.world_size  # the indices of all ranks
+        position = self.start * self.world_size  # the indices of all ranks
+        passes, offset = divmod(position, self.size) if self.size else (0, 0)
+        for _ in range(passes):  # done before the start: shuffles only
+            if self.shuffle:
+                torch.randperm(self.size, generator=generator)
         while True:
             order = (torch.randperm(self.size, generator=generator)
                      if self.shuffle else torch.arange(self.size))
-            if skip >= self.size > 0:  # a pass done before the start
-                skip -= self.size
-                continue
-            yield from order[skip:].tolist()
-            skip = 0
+            for index in order[offset:].tolist():
+                yield SampleIndex(index, _mixed_seed(self.seed, position))
+                position += 1
+            offset = 0
 
     def __iter__(self) -> Iterator[int]:
         yield from self._indices_of_rank()
@@ -77,25 +131,30 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
 
     Resumed at iteration *n*, the :class:`ResumableInfiniteSampler` of the
     training data loader begins at index *n* x batch size of its rank,
-    instead of *n* batches being loaded and thrown away. Before each batch
-    is fetched, Python, NumPy and torch are reseeded from (run seed,
-    iteration, rank): the seed is the run's (stored in checkpoints and
-    restored on resume; a sampler seeded by the run follows it), mixed so
-    that the generators do not replay the sampler's shuffles.
-
-    Exact with ``num_workers=0``: the batch is then loaded and augmented in
-    this process, right after the reseeding. Worker processes (persistent
-    or not) draw augmentations from their own generators, seeded once when
-    they start (mmengine's ``worker_init_fn``: seed + worker id) and
-    advanced by every image they load; a resumed run starts fresh workers,
-    so its augmentations differ from the uninterrupted run's from the
-    resumed iteration on (the index stream and the model's random draws,
-    such as dropout, are still the same). Exact, as any resume, only on
-    the same hardware, thread count and number of ranks.
+    instead of *n* batches being loaded and thrown away. The training
+    dataset is wrapped in :class:`SeededSamples`, so each sample is
+    augmented with the generators seeded from its position in the stream,
+    whether this process or a data loader worker (persistent or not) loads
+    it. After each batch is fetched, Python, NumPy and torch are reseeded
+    from (run seed, iteration, rank) for the model's random draws (dropout,
+    sampled proposals). The seed is the run's (stored in checkpoints and
+    restored on resume; a sampler seeded by the run follows it). Exact, as
+    any resume, on the same hardware, thread count and number of ranks.
+    A data loader given as an object, not a config, keeps its dataset:
+    then only ``num_workers=0`` resumes exactly.
     """
 
     def __init__(self, runner, dataloader: Union[DataLoader, Dict],
                  *args, **kwargs) -> None:
+        self._seeds_samples = isinstance(dataloader, dict)
+        if self._seeds_samples:
+            dataloader = copy.copy(dataloader)
+            dataset = dataloader['dataset']
+            if isinstance(dataset, dict):  # as the Runner builds it
+                dataset = DATASETS.build(dataset)
+                if hasattr(dataset, 'full_init'):
+                    dataset.full_init()
+            dataloader['dataset'] = SeededSamples(dataset)
         super().__init__(runner, dataloader, *args, **kwargs)
         sampler = self.dataloader.sampler
         if self.dataloader.batch_size is None:
@@ -122,8 +181,9 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
             self._start_data_at(self._iter)
         while self._iter < self._max_iters and not self.stop_training:
             self.runner.model.train()
-            self._reseed(self._iter)
             data_batch = next(self.dataloader_iterator)
+            set_random_seed(_mixed_seed(self.runner.seed, self._iter,
+                                        get_rank()))
             self.run_iter(data_batch)
 
             self._decide_current_val_interval()
@@ -148,15 +208,11 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
                   f'(sample {sampler.start} of this rank); no batch is '
                   f'loaded to skip the iterations done.', logger='current')
         workers = self.dataloader.num_workers
-        if workers > 0:
+        if workers > 0 and not self._seeds_samples:
             print_log(
-                f'The {workers} data loader workers draw augmentations from '
-                f'generators seeded when they start, so from iteration '
-                f'{iteration} on they differ from an uninterrupted run '
-                f'(train_dataloader.num_workers=0 resumes exactly).',
-                logger='current', level=logging.WARNING)
-
-    def _reseed(self, iteration: int) -> None:
-        mixed = np.random.SeedSequence(
-            [self.runner.seed, iteration, get_rank()])
-        set_random_seed(int(mixed.generate_state(1)[0]))
+                f'The {workers} data loader workers of a data loader given '
+                f'as an object draw augmentations from generators seeded '
+                f'when they start, so from iteration {iteration} on they '
+                f'differ from an uninterrupted run (give '
+                f'train_dataloader as a config, or num_workers=0, to resume '
+                f'exactly).', logger='current', level=logging.WARNING)
