@@ -11,12 +11,15 @@ from wavevit_mm.apis import synthetic_inputs
 from wavevit_mm.apis.complexity import count_complexity
 
 
-@pytest.mark.parametrize('arch,size', [('s', (64, 64)), ('s', (33, 47)),
-                                       ('b', (64, 96))])
-def test_backbone_multiply_adds_follow_the_architecture(arch, size):
+@pytest.mark.parametrize('arch,size,compile', [
+    ('s', (64, 64), False), ('s', (33, 47), False), ('b', (64, 96), False),
+    ('s', (64, 64), True)])
+def test_backbone_multiply_adds_follow_the_architecture(arch, size, compile):
     """Convolutions, linear layers and both attention products; the
-    counter adds normalisation (0.5%), nothing else."""
-    model = WaveViT(arch).eval()
+    counter adds normalisation (0.5%), nothing else. A backbone set to
+    compile is traced as it is written (the tracer cannot follow
+    torch.compile)."""
+    model = WaveViT(arch, compile=compile).eval()
     with torch.no_grad():
         counted = count_complexity(model, (torch.randn(1, 3, *size), ))
     expected = wavevit_multiply_adds(arch, *size)

@@ -56,7 +56,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         default=[1, 3, 224, 320], metavar=('B', 'C', 'H', 'W'))
     parser.add_argument('--compile', action='store_true',
                         help='with --count-ops: also count them for '
-                        'torch.compile(Wave-ViT-S)')
+                        'torch.compile(Wave-ViT-S); with --train-config: '
+                        'the backbone compiled, as tools/train.py --compile')
     parser.add_argument('--skip-wavelets', action='store_true',
                         help='leave out the DWT/IDWT table')
     parser.add_argument('--skip-backbones', action='store_true',
@@ -206,12 +207,14 @@ def run(args: argparse.Namespace) -> None:
     if args.train_config:
         result = measure.train_throughput(
             args.train_config, tuple(args.train_shape), args.train_batch_size,
-            args.repeat, device, args.amp)
+            args.repeat, device, args.amp, args.compile)
         results['train_throughput'] = dict(
             result, config=args.train_config, amp=args.amp,
-            batch=args.train_batch_size, shape=args.train_shape)
+            compile=args.compile, batch=args.train_batch_size,
+            shape=args.train_shape)
         print(f'\ntraining {args.train_config} on {device} '
-              f'({"amp" if args.amp else "fp32"}), batch '
+              f'({"amp" if args.amp else "fp32"}'
+              f'{", backbone compiled" if args.compile else ""}), batch '
               f'{args.train_batch_size} x {tuple(args.train_shape)}: '
               f'{result["images_per_second"]:.3f} images/s (step median '
               f'{result["median"]:.3f} s, min {result["min"]:.3f} s over '

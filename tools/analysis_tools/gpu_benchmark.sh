@@ -15,7 +15,10 @@
 # 10 of 16 cores) while the backbones are measured; until then mmdet's
 # models do not import, so the PVTv2-b2 and ResNet-50 rows are timm's and
 # torchvision's (the same networks; the row names say which). The Mask
-# R-CNN step, which needs those ops, comes last. About 8 minutes in all.
+# R-CNN steps, which need those ops, come last. The steps' limits add up
+# to more than one 10-minute call: on a lent machine, run it in two calls
+# (STEPS=...), e.g. the backbone steps first, then the compiled and Mask
+# R-CNN ones.
 #
 # STEPS="haar mask_rcnn_amp" runs only the steps named (e.g. to redo
 # some). The sizes can be made small to try the script on a CPU, e.g.
@@ -36,7 +39,8 @@ train_step=${TRAIN_STEP:-2 800 1216} # B H W of the backbone training step
 train_shape=${TRAIN_SHAPE:-800 1333} # H W of the Mask R-CNN batch
 backbones=(Wave-ViT-S Wave-ViT-B 'Wave-ViT-S (official formulation)'
            PVTv2-b2 ResNet-50)
-all_steps='backbones train_step haar count_ops count_ops_compiled mask_rcnn_amp'
+all_steps='backbones train_step haar count_ops count_ops_compiled compiled
+  compiled_train_step mask_rcnn_amp mask_rcnn_amp_compiled'
 steps=" ${STEPS:-$all_steps} "
 bench=("$py" tools/analysis_tools/benchmark.py --device "$device"
        --repeat "$repeat")
@@ -73,12 +77,20 @@ step count_ops 180 --skip-wavelets --skip-backbones \
 # compiling takes a minute or two: while mmcv's ops are still being built
 step count_ops_compiled 300 --skip-wavelets --skip-backbones \
   --backbones Wave-ViT-S --count-ops --compile
-if [ -n "$gpu_setup" ] && [[ $steps == *" mask_rcnn_amp "* ]]; then
+step compiled 300 --skip-wavelets --backbones 'Wave-ViT-S (compiled)' \
+  --shape $size --batch-size 8 1 --dtypes bf16
+step compiled_train_step 240 --skip-wavelets --skip-backbones \
+  --backbones 'Wave-ViT-S (compiled)' --train-step-shape $train_step \
+  --dtypes bf16
+if [ -n "$gpu_setup" ] && [[ $steps == *" mask_rcnn_amp"* ]]; then
   . .gpu/device_setup.sh wait-mmcv >> "$out/steps.txt" 2>&1
 fi
 step mask_rcnn_amp 300 --skip-wavelets --skip-backbones \
   --train-config configs/mask_rcnn_wavevit_s_coco.py \
   --train-shape $train_shape --train-batch-size 2 --amp
+step mask_rcnn_amp_compiled 300 --skip-wavelets --skip-backbones \
+  --train-config configs/mask_rcnn_wavevit_s_coco.py \
+  --train-shape $train_shape --train-batch-size 2 --amp --compile
 }
 # the tables, short: everything else is in the files
 grep -h -v -e '^|---' "$out"/*.log 2>/dev/null | grep -e '^|' -e '^device' \

@@ -81,6 +81,7 @@ class TorchvisionResNetStages(nn.Module):
 
 BACKBONES: Dict[str, Callable[[], nn.Module]] = {
     'Wave-ViT-S': lambda: WaveViT('s'),
+    'Wave-ViT-S (compiled)': lambda: WaveViT('s', compile=True),
     'Wave-ViT-S (official formulation)': lambda: _official('s'),
     'Wave-ViT-B': lambda: WaveViT('b'),
     'Wave-ViT-B (official formulation)': lambda: _official('b'),
@@ -586,13 +587,14 @@ def wavelet_table(shapes: List[Tuple[int, ...]], repeat: int,
 # ------------------------------------------------------ training throughput
 
 def train_throughput(config: str, shape: Tuple[int, int], batch_size: int,
-                     repeat: int, device: torch.device, amp: bool = False
-                     ) -> Dict:
+                     repeat: int, device: torch.device, amp: bool = False,
+                     compile: bool = False) -> Dict:
     """Images per second of full training steps (forward, losses, backward,
     optimizer step) of the detector in ``config`` on a synthetic batch, with
-    the config's optimizer; ``amp`` as ``tools/train.py --amp``."""
+    the config's optimizer; ``amp`` and ``compile`` as ``tools/train.py
+    --amp --compile``."""
     cfg = Config.fromfile(config)
-    apply_train_options(cfg, amp=amp)
+    apply_train_options(cfg, amp=amp, compile=compile)
     model = build_model(cfg).to(device).train()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     head = cfg.model.get('roi_head', cfg.model).get('bbox_head')

@@ -519,6 +519,8 @@ class WaveViT(BaseModule):
         if x.dim() != 4:
             raise ValueError(f'WaveViT expects a (B, C, H, W) image batch, '
                              f'got shape {tuple(x.shape)}')
+        if torch.jit.is_tracing():  # e.g. counting FLOPs: never compiled
+            return self._forward_stages(x)
         return self._run_stages(self, x)
 
     def _forward_stages(self, x: Tensor) -> Tuple[Tensor, ...]:
