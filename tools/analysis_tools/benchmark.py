@@ -169,12 +169,16 @@ def print_train_step_table(rows: List[Dict]) -> None:
 
 def print_operator_counts(rows: List[Dict]) -> None:
     print('| backbone | input | aten ops, eval forward | '
-          'aten ops, train forward + backward |')
-    print('|---|---|---|---|')
+          'aten ops, train forward + backward | graph breaks (eval, '
+          'train) |')
+    print('|---|---|---|---|---|')
     for row in rows:
         if 'error' not in row:
+            breaks = (f'{row["eval_graph_breaks"]}, '
+                      f'{row["train_graph_breaks"]}'
+                      if 'eval_graph_breaks' in row else '-')
             print(f'| {row["name"]} | {"x".join(map(str, row["input"]))} | '
-                  f'{row["eval"]} | {row["train"]} |')
+                  f'{row["eval"]} | {row["train"]} | {breaks} |')
     print_failures(rows)
 
 

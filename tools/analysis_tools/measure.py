@@ -508,7 +508,8 @@ def operator_counts(names: Sequence[str], shape: Tuple[int, ...],
     forward in eval mode without gradients, and ``train``, forward and
     backward in train mode with the sum of the outputs as the loss; also
     for the ``torch.compile``'d models of ``compile_names``, whose warm-up
-    call compiles them. How many operators the host issues is what a GPU
+    call compiles them, with the graph breaks ``torch._dynamo.explain``
+    finds in each mode. How many operators the host issues is what a GPU
     waits for when a step is launch-bound."""
     image = torch.randn(shape, device=device)
     rows = []
@@ -528,10 +529,13 @@ def operator_counts(names: Sequence[str], shape: Tuple[int, ...],
                 model.zero_grad(set_to_none=True)
                 sum(out.sum() for out in run(image)).backward()
 
-            model.eval()
-            row['eval'] = count_aten_ops(forward)
-            model.train()
-            row['train'] = count_aten_ops(forward_backward)
+            for mode in ('eval', 'train'):
+                getattr(model, mode)()
+                row[mode] = count_aten_ops(
+                    forward if mode == 'eval' else forward_backward)
+                if compiled:  # what torch.compile could not trace
+                    row[f'{mode}_graph_breaks'] = torch._dynamo.explain(
+                        model)(image).graph_break_count
         except (ImportError, RuntimeError) as error:
             row = _failed_row(row, error, device)
         model = run = None
