@@ -414,3 +414,19 @@ def test_convolutions_convert_no_weights_per_forward():
     names = [event.name for event in profile.events()]
     assert names.count('aten::convolution') > 10
     assert 'aten::_to_copy' not in names  # no per-call layout conversion
+
+
+def test_initial_weights_do_not_depend_on_the_weight_layout():
+    # convolution weights are stored channels-last; drawn in NCHW order,
+    # a seed gives the weights it gives an NCHW model
+    nchw, model = WaveViT(TINY), WaveViT(TINY)
+    for m in nchw.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.weight = torch.nn.Parameter(m.weight.detach().contiguous())
+    torch.manual_seed(3)
+    nchw.init_weights()
+    torch.manual_seed(3)
+    model.init_weights()
+    own = model.state_dict()
+    for name, value in nchw.state_dict().items():
+        assert torch.equal(own[name], value), name

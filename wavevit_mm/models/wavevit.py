@@ -18,8 +18,7 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
-from mmengine.model.weight_init import (constant_init, normal_init,
-                                        trunc_normal_init)
+from mmengine.model.weight_init import constant_init, trunc_normal_init
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -486,7 +485,15 @@ class WaveViT(BaseModule):
             elif isinstance(m, nn.Conv2d):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * \
                     m.out_channels // m.groups
-                normal_init(m, mean=0., std=(2.0 / fan_out)**0.5, bias=0.)
+                # drawn in (out, in, kh, kw) order, as for an NCHW weight,
+                # then stored channels-last: the same initial weights
+                drawn = torch.empty(m.weight.shape, dtype=m.weight.dtype,
+                                    device=m.weight.device)
+                nn.init.normal_(drawn, mean=0., std=(2.0 / fan_out)**0.5)
+                with torch.no_grad():
+                    m.weight.copy_(drawn)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     @property
     def stem(self) -> Stem:
