@@ -6,10 +6,7 @@ toy UperNet killed mid-run."""
 import itertools
 import random
 import re
-import signal
-import subprocess
 import sys
-import threading
 import uuid
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch import nn
 
-from toy_runs import ENV, SEG_CONFIG, run_process, tool
+from toy_runs import SEG_CONFIG, kill_when_logged, run_process, tool
 from wavevit_mm.apis import find_resume_checkpoint
 from wavevit_mm.checkpoint import load_checkpoint
 from wavevit_mm.engine import ResumableInfiniteSampler
@@ -244,20 +241,8 @@ def test_killed_toy_upernet_resumes_to_the_uninterrupted_weights(
     process."""
     reference_log = train(tmp_path / 'uninterrupted', toy_workspace)
     work_dir = tmp_path / 'killed'
-    process = subprocess.Popen(
-        train_command(work_dir), cwd=toy_workspace, env=ENV, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    watchdog = threading.Timer(300, process.kill)
-    watchdog.start()
-    killed_at = None
-    for line in process.stdout:
-        if 'Iter(train) [5/8]' in line:
-            process.send_signal(signal.SIGKILL)
-            killed_at = line
-            break
-    process.stdout.read()
-    watchdog.cancel()
-    assert killed_at and process.wait() == -signal.SIGKILL
+    kill_when_logged(train_command(work_dir), toy_workspace,
+                     'Iter(train) [5/8]')
     assert (work_dir / 'last_checkpoint').read_text() == str(
         work_dir / 'iter_3.pth')
 

@@ -11,14 +11,13 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
 import torch
 
 from helpers import globals_torch_refuses
-from toy_runs import DET_CONFIG, ENV, run_process, tool
+from toy_runs import DET_CONFIG, ENV, kill_when_logged, run_process, tool
 from wavevit_mm.apis import find_resume_checkpoint
 from wavevit_mm.checkpoint import CheckpointError, load_checkpoint
 
@@ -69,20 +68,9 @@ def uninterrupted(toy_workspace, tmp_path_factory):
 def test_killed_run_resumes_to_the_uninterrupted_result(
         toy_workspace, uninterrupted, tmp_path):
     work_dir = tmp_path / 'killed'
-    process = subprocess.Popen(
-        train_command(work_dir), cwd=toy_workspace, env=ENV, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    watchdog = threading.Timer(300, process.kill)
-    watchdog.start()
-    killed_at = None
-    for line in process.stdout:  # kill it as epoch 2 is half done
-        if 'Epoch(train) [2][2/4]' in line:
-            process.send_signal(signal.SIGKILL)
-            killed_at = line
-            break
-    process.stdout.read()
-    watchdog.cancel()
-    assert killed_at and process.wait() == -signal.SIGKILL
+    # killed as epoch 2 is half done
+    kill_when_logged(train_command(work_dir), toy_workspace,
+                     'Epoch(train) [2][2/4]')
     assert not (work_dir / 'epoch_2.pth').exists()
     assert (work_dir / 'last_checkpoint').read_text() == str(
         work_dir / 'epoch_1.pth')

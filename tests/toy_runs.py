@@ -4,8 +4,10 @@ import contextlib
 import io
 import os
 import runpy
+import signal
 import subprocess
 import sys
+import threading
 from typing import List, NamedTuple, Sequence
 
 from helpers import ROOT
@@ -63,3 +65,25 @@ def run_process(args: List[str], cwd: str, timeout: float = 600
     """Run a command to its end, stdout and stderr kept apart."""
     return subprocess.run([str(a) for a in args], cwd=cwd, env=ENV,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def kill_when_logged(args: List[str], cwd: str, marker: str,
+                     timeout: float = 300) -> str:
+    """Start a command and SIGKILL it as soon as it prints a line holding
+    ``marker``; that line. Fails if it ends (or ``timeout`` passes) first."""
+    process = subprocess.Popen([str(a) for a in args], cwd=cwd, env=ENV,
+                               text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    watchdog = threading.Timer(timeout, process.kill)
+    watchdog.start()
+    killed_at = None
+    for line in process.stdout:
+        if marker in line:
+            process.send_signal(signal.SIGKILL)
+            killed_at = line
+            break
+    process.stdout.read()
+    watchdog.cancel()
+    assert killed_at and process.wait() == -signal.SIGKILL, (
+        f'{marker!r} was never printed')
+    return killed_at

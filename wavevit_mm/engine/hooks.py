@@ -43,6 +43,7 @@ from ..checkpoint import (AtomicLocalBackend, CheckpointError, fit_problems,
                           write_text_atomically)
 from ..errors import DataError, TrainingDivergedError, WorkDirInUseError
 from ..models import WaveViT, convert_official, describe_arch
+from .loops import mixed_seed
 from ..models.official import arch_signature, has_wavevit_weights
 
 
@@ -321,8 +322,7 @@ class EpochSeedHook(Hook):
     priority = 'NORMAL'
 
     def before_train_epoch(self, runner) -> None:
-        mixed = np.random.SeedSequence([runner.seed, runner.epoch])
-        set_random_seed(int(mixed.generate_state(1)[0]))
+        set_random_seed(mixed_seed(runner.seed, runner.epoch))
 
 
 def _non_finite_losses(log_vars: Dict[str, Any]) -> Dict[str, float]:

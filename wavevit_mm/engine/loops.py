@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ConfigError
 
 
-def _mixed_seed(*entropy: int) -> int:
+def mixed_seed(*entropy: int) -> int:
     """A 32-bit seed drawn from the numbers given, all bits mixed."""
     return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
 
@@ -116,7 +116,7 @@ class ResumableInfiniteSampler(InfiniteSampler):
             order = (torch.randperm(self.size, generator=generator)
                      if self.shuffle else torch.arange(self.size))
             for index in order[offset:].tolist():
-                yield SampleIndex(index, _mixed_seed(self.seed, position))
+                yield SampleIndex(index, mixed_seed(self.seed, position))
                 position += 1
             offset = 0
 
@@ -182,7 +182,7 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
         while self._iter < self._max_iters and not self.stop_training:
             self.runner.model.train()
             data_batch = next(self.dataloader_iterator)
-            set_random_seed(_mixed_seed(self.runner.seed, self._iter,
+            set_random_seed(mixed_seed(self.runner.seed, self._iter,
                                         get_rank()))
             self.run_iter(data_batch)
 
