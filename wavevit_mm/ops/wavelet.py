@@ -15,11 +15,14 @@ elsewhere, or when it is not built, the same transform is computed with
 strided slicing and additions. Because the orthonormal Haar DWT is its own
 adjoint's inverse, the backward pass of the DWT is the IDWT of the incoming
 gradient and vice versa, so both directions cost about one copy of the data
-and no convolution. Odd sizes are zero-padded at the bottom/right, as
+and no convolution. Under ``torch.compile``, where the one-pass kernel does
+not serve the tensor (a GPU), the transforms are traced as element-wise
+operations instead, which inductor fuses with the operations around them.
+Odd sizes are zero-padded at the bottom/right, as
 pytorch_wavelets does in ``'zero'`` mode. Other wavelets are delegated to
 pytorch_wavelets.
 """
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -49,36 +52,63 @@ def _is_channels_last(x: Tensor) -> bool:
             and x.is_contiguous(memory_format=torch.channels_last))
 
 
+def _butterfly(a: Tensor, b: Tensor, c: Tensor, d: Tensor,
+               out: Optional[Sequence[Tensor]] = None
+               ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The 2D Haar butterfly of four tensors of one shape:
+    ``((a+b) + (c+d)) / 2, ((a+b) - (c+d)) / 2, ((a-b) + (c-d)) / 2,
+    ((a-b) - (c-d)) / 2``.
+
+    Of the 2x2 pixel blocks ``(a b / c d)`` these are the LL, LH, HL and HH
+    bands; the matrix is its own inverse, so of the bands (LL, LH, HL, HH)
+    they are the pixels (top left, top right, bottom left, bottom right).
+    With ``out`` (four tensors, no autograd) the results are written there;
+    otherwise they are new tensors. The 1/2 is folded into
+    ``lerp(p, q, 0.5) = (p + q) / 2``.
+    """
+    sums = torch.lerp(a, b, 0.5), torch.lerp(c, d, 0.5)
+    if out is None:
+        low = sums[0] + sums[1], sums[0] - sums[1]
+        high_diff = c - d
+        third = torch.lerp(a - b, high_diff, 0.5)
+        return low + (third, third - high_diff)
+    first, second, third, fourth = out
+    torch.add(*sums, out=first)
+    torch.sub(*sums, out=second)
+    del sums
+    high_diff = c - d
+    torch.lerp(a - b, high_diff, 0.5, out=third)
+    torch.sub(third, high_diff, out=fourth)
+    return first, second, third, fourth
+
+
+def _pixel_blocks(x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The top-left, top-right, bottom-left and bottom-right pixels of the
+    2x2 blocks of ``x`` (zero-padded to even sizes), strided views of
+    shape (B, C, ceil(H/2), ceil(W/2))."""
+    batch, channels, height, width = x.shape
+    if height % 2 or width % 2:
+        x = F.pad(x, (0, width % 2, 0, height % 2))
+    blocks = x.unflatten(2, (-1, 2)).unflatten(4, (-1, 2))  # (B, C, h, 2, w, 2)
+    return (blocks[:, :, :, 0, :, 0], blocks[:, :, :, 0, :, 1],
+            blocks[:, :, :, 1, :, 0], blocks[:, :, :, 1, :, 1])
+
+
 def _haar_dwt(x: Tensor) -> Tensor:
     """(B, C, H, W) -> (B, 4C, ceil(H/2), ceil(W/2)), no autograd logic.
 
     A channels-last input gives a channels-last output. Without the compiled
-    kernel, each 2x2 input block is read through strided views and the
-    bands are written into one preallocated buffer.
+    kernel, the bands are written into one preallocated buffer.
     """
     if _use_compiled(x):
         return _compiled.haar_dwt2d(x)
     batch, channels, height, width = x.shape
-    if height % 2 or width % 2:
-        x = F.pad(x, (0, width % 2, 0, height % 2))
-    h, w = x.shape[2] // 2, x.shape[3] // 2
-    blocks = x.reshape(batch, channels, h, 2, w, 2)  # a view for both layouts
-    top_left, top_right = blocks[:, :, :, 0, :, 0], blocks[:, :, :, 0, :, 1]
-    bottom_left = blocks[:, :, :, 1, :, 0]
-    bottom_right = blocks[:, :, :, 1, :, 1]
+    h, w = (height + 1) // 2, (width + 1) // 2
     if _is_channels_last(x):
         out = x.new_empty(batch, h, w, 4, channels).permute(0, 3, 4, 1, 2)
     else:
         out = x.new_empty(batch, 4, channels, h, w)
-    # the orthonormal 1/2 is folded into lerp(a, b, 0.5) = (a + b) / 2
-    top_mean = torch.lerp(top_left, top_right, 0.5)
-    bottom_mean = torch.lerp(bottom_left, bottom_right, 0.5)
-    torch.add(top_mean, bottom_mean, out=out[:, 0])   # LL
-    torch.sub(top_mean, bottom_mean, out=out[:, 1])   # LH: high-pass along H
-    del top_mean, bottom_mean
-    top_diff, bottom_diff = top_left - top_right, bottom_left - bottom_right
-    torch.lerp(top_diff, bottom_diff, 0.5, out=out[:, 2])  # HL: along W
-    torch.sub(out[:, 2], bottom_diff, out=out[:, 3])       # HH
+    _butterfly(*_pixel_blocks(x), out=out.unbind(1))
     return out.flatten(1, 2)
 
 
@@ -109,24 +139,40 @@ def _check_idwt_size(x: Tensor, size: Optional[Tuple[int, int]]) -> None:
 def _haar_idwt_sliced(x: Tensor) -> Tensor:
     batch, channels4, height, width = x.shape
     channels = channels4 // 4
-    ll, lh, hl, hh = x.unflatten(1, (4, channels)).unbind(1)
     if _is_channels_last(x):
         memory = x.new_empty(batch, height, 2, width, 2, channels)
         blocks = memory.permute(0, 5, 1, 2, 3, 4)    # (B, C, h, 2, w, 2)
     else:
         blocks = x.new_empty(batch, channels, height, 2, width, 2)
-    low_mean, high_mean = torch.lerp(ll, lh, 0.5), torch.lerp(hl, hh, 0.5)
-    torch.add(low_mean, high_mean, out=blocks[:, :, :, 0, :, 0])
-    torch.sub(low_mean, high_mean, out=blocks[:, :, :, 0, :, 1])
-    del low_mean, high_mean
-    low_diff, high_diff = ll - lh, hl - hh
-    torch.lerp(low_diff, high_diff, 0.5, out=blocks[:, :, :, 1, :, 0])
-    torch.sub(blocks[:, :, :, 1, :, 0], high_diff,
-              out=blocks[:, :, :, 1, :, 1])
+    _butterfly(*x.unflatten(1, (4, channels)).unbind(1),
+               out=(blocks[:, :, :, 0, :, 0], blocks[:, :, :, 0, :, 1],
+                    blocks[:, :, :, 1, :, 0], blocks[:, :, :, 1, :, 1]))
     if _is_channels_last(x):
         return memory.view(batch, 2 * height, 2 * width,
                            channels).permute(0, 3, 1, 2)
     return blocks.view(batch, channels, 2 * height, 2 * width)
+
+
+# Under torch.compile, where no one-pass kernel serves the tensor (a GPU),
+# the transforms are traced as the element-wise operations below instead of
+# calling the operators: inductor then fuses each with the operations next
+# to it (the BatchNorm and ReLU before the DWT, the concatenation after the
+# IDWT) and derives the gradients.
+
+def _haar_dwt_traced(x: Tensor) -> Tensor:
+    return torch.cat(_butterfly(*_pixel_blocks(x)), dim=1)
+
+
+def _haar_idwt_traced(x: Tensor, size: Optional[Tuple[int, int]]
+                      ) -> Tensor:
+    batch, channels4, height, width = x.shape
+    top_left, top_right, bottom_left, bottom_right = _butterfly(
+        *x.unflatten(1, (4, channels4 // 4)).unbind(1))
+    blocks = torch.stack([torch.stack([top_left, top_right], dim=-1),
+                          torch.stack([bottom_left, bottom_right], dim=-1)],
+                         dim=3)                       # (B, C, h, 2, w, 2)
+    full = blocks.flatten(4).flatten(2, 3)            # (B, C, 2h, 2w)
+    return full if size is None else full[..., :size[0], :size[1]]
 
 
 def _bands_layout(x: Tensor) -> torch.memory_format:
@@ -182,8 +228,14 @@ _idwt_op.register_autograd(lambda ctx, grad: (_dwt_op(grad), None),
                            setup_context=lambda ctx, inputs, output: None)
 
 
+def _traced(x: Tensor) -> bool:
+    return torch.compiler.is_compiling() and not _use_compiled(x)
+
+
 def haar_dwt2d(x: Tensor) -> Tensor:
     """Haar DWT: (B, C, H, W) -> (B, 4C, ceil(H/2), ceil(W/2))."""
+    if _traced(x):
+        return _haar_dwt_traced(x)
     return _dwt_op(x)
 
 
@@ -192,6 +244,8 @@ def haar_idwt2d(x: Tensor, size: Optional[Tuple[int, int]] = None
     """Haar inverse DWT: (B, 4C, h, w) -> (B, C, 2h, 2w), or cropped to
     ``size`` = (H, W) of the DWT input (each side 2n or 2n - 1)."""
     _check_idwt_size(x, size)
+    if _traced(x):
+        return _haar_idwt_traced(x, size)
     if size is not None and torch.jit.is_tracing():
         # sizes are traced values there, which an operator cannot take
         return _idwt_op(x, None)[..., :size[0], :size[1]]
