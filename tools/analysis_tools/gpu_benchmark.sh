@@ -71,7 +71,7 @@ step backbones 300 --skip-wavelets --backbones "${backbones[@]}" \
 step train_step 240 --skip-wavelets --skip-backbones \
   --backbones "${backbones[@]}" --train-step-shape $train_step \
   --dtypes $train_dtypes
-step haar 120 --skip-backbones
+step haar 180 --skip-backbones
 step count_ops 180 --skip-wavelets --skip-backbones \
   --backbones "${backbones[@]}" --count-ops
 # compiling takes a minute or two: while mmcv's ops are still being built
