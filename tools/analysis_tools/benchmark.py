@@ -9,7 +9,7 @@ import torch
 from mmengine.logging import MMLogger
 
 import measure  # beside this file: the measurements
-from wavevit_mm.checkpoint import atomic_write
+from wavevit_mm.checkpoint import write_text_atomically
 from wavevit_mm.errors import report_errors
 
 #: Inputs of the DWT2D + IDWT2D table (B, C, H, W): stage-1 and stage-2
@@ -97,8 +97,7 @@ def environment(device: torch.device) -> Dict:
 
 def write_json(path: Optional[str], results: Dict) -> None:
     if path:
-        with atomic_write(path) as tmp, open(tmp, 'w') as f:
-            json.dump(results, f, indent=1)
+        write_text_atomically(path, json.dumps(results, indent=1))
 
 
 def ms(seconds: float) -> str:

@@ -43,8 +43,8 @@ from ..checkpoint import (AtomicLocalBackend, CheckpointError, fit_problems,
                           write_text_atomically)
 from ..errors import DataError, TrainingDivergedError, WorkDirInUseError
 from ..models import WaveViT, convert_official, describe_arch
-from .loops import mixed_seed
 from ..models.official import arch_signature, has_wavevit_weights
+from .loops import mixed_seed
 
 
 @HOOKS.register_module()

@@ -68,10 +68,10 @@ def _butterfly(a: Tensor, b: Tensor, c: Tensor, d: Tensor,
     """
     sums = torch.lerp(a, b, 0.5), torch.lerp(c, d, 0.5)
     if out is None:
-        low = sums[0] + sums[1], sums[0] - sums[1]
+        first, second = sums[0] + sums[1], sums[0] - sums[1]
         high_diff = c - d
         third = torch.lerp(a - b, high_diff, 0.5)
-        return low + (third, third - high_diff)
+        return first, second, third, third - high_diff
     first, second, third, fourth = out
     torch.add(*sums, out=first)
     torch.sub(*sums, out=second)
@@ -165,9 +165,8 @@ def _haar_dwt_traced(x: Tensor) -> Tensor:
 
 def _haar_idwt_traced(x: Tensor, size: Optional[Tuple[int, int]]
                       ) -> Tensor:
-    batch, channels4, height, width = x.shape
     top_left, top_right, bottom_left, bottom_right = _butterfly(
-        *x.unflatten(1, (4, channels4 // 4)).unbind(1))
+        *x.unflatten(1, (4, -1)).unbind(1))
     blocks = torch.stack([torch.stack([top_left, top_right], dim=-1),
                           torch.stack([bottom_left, bottom_right], dim=-1)],
                          dim=3)                       # (B, C, h, 2, w, 2)
