@@ -8,7 +8,7 @@ import torch
 from helpers import wavevit_multiply_adds
 from wavevit_mm import WaveViT
 from wavevit_mm.apis import synthetic_inputs
-from wavevit_mm.apis.complexity import count_complexity
+from wavevit_mm.apis.complexity import count_complexity, format_count
 
 
 @pytest.mark.parametrize('arch,size,compile', [
@@ -39,3 +39,12 @@ def test_synthetic_detection_batch_masks_fill_their_boxes():
             x1, y1, x2, y2 = box.tolist()
             assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 64
             assert mask.sum() == (x2 - x1) * (y2 - y1)
+
+
+@pytest.mark.parametrize('count,text', [
+    (4_126_000_000, '4.126G'), (27_900_000, '27.9M'), (150, '0.15K'),
+    (99, '99'), (120_000_000_000_000, '0.12P'), (1_000_000, '1M')])
+def test_counts_read_as_mmengine_prints_them(count, text):
+    """In the largest unit of which the count is more than a tenth, with
+    at most three decimals, as in mmengine's complexity tables."""
+    assert format_count(count) == text

@@ -6,7 +6,6 @@ from typing import Dict, Tuple
 import torch
 from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.analysis.jit_handles import get_shape
-from mmengine.analysis.print_helper import _format_size
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from torch import nn
@@ -49,13 +48,29 @@ def count_complexity(model: nn.Module, inputs: tuple) -> Dict:
     analyzer.uncalled_modules_warnings(False)
     flops = analyzer.total()
     params = parameter_count(model)['']
-    return dict(flops=flops, params=params, flops_str=_format_size(flops),
-                params_str=_format_size(params), analyzer=analyzer)
+    return dict(flops=flops, params=params, flops_str=format_count(flops),
+                params_str=format_count(params), analyzer=analyzer)
+
+
+#: Powers of ten and their suffixes, largest first.
+UNITS = ((1e15, 'P'), (1e12, 'T'), (1e9, 'G'), (1e6, 'M'), (1e3, 'K'))
+
+
+def format_count(count: int) -> str:
+    """A count for people, e.g. ``4.126G`` or ``27.9M``: written as
+    mmengine's complexity tables write counts (in the largest unit of
+    which it is more than a tenth, at most three decimals), whose
+    formatter is private to mmengine."""
+    for unit, suffix in UNITS:
+        if abs(count) > unit / 10:
+            return f'{count / unit:.3f}'.rstrip('0').rstrip('.') + suffix
+    return str(count)
 
 
 class _TensorForward(nn.Module):
-    """model._forward(inputs, data_samples) with fixed data samples, so the
-    tracer sees a single tensor argument."""
+    """The model's tensor mode, ``model(inputs, data_samples,
+    mode='tensor')``, with fixed data samples, so the tracer sees a single
+    tensor argument."""
 
     def __init__(self, model: nn.Module, data_samples) -> None:
         super().__init__()
@@ -63,7 +78,7 @@ class _TensorForward(nn.Module):
         self.data_samples = data_samples
 
     def forward(self, inputs: torch.Tensor):
-        return self.model._forward(inputs, self.data_samples)
+        return self.model(inputs, self.data_samples, mode='tensor')
 
 
 def synthetic_inputs(scope: str, shape: Tuple[int, int],

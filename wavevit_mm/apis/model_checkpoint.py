@@ -5,15 +5,16 @@ use.
 mmengine loads test and demo checkpoints with ``strict=False``: a file of
 another network only logs warnings and the metrics of a randomly
 initialised model follow. Here that is an error that says what the file
-holds (:func:`~wavevit_mm.engine.check_model_fits`, which
-``CheckpointFitHook`` also applies to ``load_from`` and ``--resume``).
+holds (:func:`check_model_fits`, the check ``CheckpointFitHook`` applies
+to ``load_from`` and ``--resume`` and the backbone loader to pretrained
+weights).
 """
 from typing import Dict
 
 from torch import Tensor
 
 from ..checkpoint import CheckpointError, load_checkpoint, unwrap_state_dict
-from ..engine import check_model_fits
+from ..models.pretrained import check_fits as check_model_fits
 
 __all__ = ['check_model_fits', 'read_model_weights']
 

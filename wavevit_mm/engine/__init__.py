@@ -1,10 +1,10 @@
 """What mmengine's Runner calls: the safeguard hooks, the optimizer wrapper
 behind ``--amp`` on the CPU, and the iteration-based training loop that
 resumes exactly (registered on import)."""
+from ..models.pretrained import check_fits as check_model_fits
 from .hooks import (AtomicCheckpointHook, CheckpointFitHook, EpochSeedHook,
                     FiniteCheckHook, LabelMapCheckHook, WorkDirLockHook,
-                    check_model_fits, label_map_problems, lock_work_dir,
-                    unlock_work_dir)
+                    label_map_problems, lock_work_dir, unlock_work_dir)
 from .loops import ResumableInfiniteSampler, ResumableIterBasedTrainLoop
 from .optim_wrapper import CPUAutocastOptimWrapper, autocast_module
 

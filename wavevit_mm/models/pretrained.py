@@ -11,7 +11,8 @@ Three kinds of files hold Wave-ViT backbone weights:
 
 Loading is strict: a missing or mis-shaped backbone weight is an error that
 says which arch the file holds, never a silent fall-back to random
-initialisation. Files are read by :func:`wavevit_mm.checkpoint
+initialisation. The same check (:func:`check_fits`) refuses a checkpoint
+of a whole model that does not fit the model built from a config. Files are read by :func:`wavevit_mm.checkpoint
 .load_checkpoint` (local, URL or other storage; weights-only).
 """
 from collections import Counter
@@ -24,9 +25,9 @@ from torch import Tensor, nn
 from ..checkpoint import (CheckpointError, fit_problems, is_state_dict,
                           load_checkpoint, strip_prefix, unwrap_state_dict)
 from ..checkpoint.state_dict import WRAPPER_KEYS
-from .official import (arch_name, convert_official, describe_arch,
-                       entry_label, has_wavevit_weights, infer_arch,
-                       is_official)
+from .official import (arch_name, arch_signature, convert_official,
+                       describe_arch, entry_label, has_wavevit_weights,
+                       infer_arch, is_official)
 
 TRUST_HINT = (
     "If you trust the file's origin (e.g. a legacy checkpoint you saved "
@@ -132,14 +133,29 @@ def read_backbone_weights(filename: str, arch_zoo: Dict[str, Dict],
 
 def check_fits(state_dict: Dict[str, Tensor], model: nn.Module,
                filename: str) -> None:
-    """Raise CheckpointError unless ``state_dict`` has exactly the keys and
-    shapes of the backbone ``model``'s state dict; the message says which
-    arch the file holds and which the model is."""
+    """Raise CheckpointError unless ``state_dict`` loads strictly into
+    ``model``, and say what the file holds.
+
+    ``model`` is a Wave-ViT backbone (pretrained weights: the message names
+    the arch of the file and of the backbone) or a whole detector or
+    segmentor, unwrapped here from DDP or test-time augmentation
+    (``load_from``, ``--resume``, ``tools/test.py``: the message says what
+    backbone the file has, if any).
+    """
+    while hasattr(model, 'module') and isinstance(model.module, nn.Module):
+        model = model.module
     own = model.state_dict()
-    problems = fit_problems(state_dict, own, 'backbone')
+    zoo = getattr(model, 'arch_zoo', None)  # set on a Wave-ViT backbone
+    problems = fit_problems(state_dict, own,
+                            'model' if zoo is None else 'backbone')
     if not problems:
         return
-    zoo = type(model).arch_zoo
+    if zoo is None:
+        note = _backbone_note(state_dict, own, model)
+        raise CheckpointError(
+            f'{filename} does not fit the model built from the config: '
+            f'{"; ".join(problems)}.{note} It was not used. Pass a '
+            f'checkpoint saved by training this config.')
     file_arch, model_arch = infer_arch(state_dict, zoo), infer_arch(own, zoo)
     advice = ''
     if file_arch and file_arch != model_arch:
@@ -150,6 +166,30 @@ def check_fits(state_dict: Dict[str, Tensor], model: nn.Module,
         f'{describe_arch(state_dict, zoo)} weights, the backbone is '
         f'{describe_arch(own, zoo)}; {"; ".join(problems)}. Nothing was '
         f'loaded.{advice}')
+
+
+def _backbone_note(state_dict: Dict[str, Tensor], own: Dict[str, Tensor],
+                   model: nn.Module) -> str:
+    """What the file's backbone is, when the backbone of ``model`` (with
+    state dict ``own``) is a Wave-ViT and the file's differs."""
+    zoo = getattr(getattr(model, 'backbone', None), 'arch_zoo', None)
+    own_backbone, _ = strip_prefix(own, 'backbone.')
+    if zoo is None or not has_wavevit_weights(own_backbone):
+        return ''
+    file_backbone, _ = strip_prefix(state_dict, 'backbone.')
+    if has_wavevit_weights(file_backbone):
+        if arch_signature(file_backbone) == arch_signature(own_backbone):
+            return ''
+        return (f' Its backbone is {describe_arch(file_backbone, zoo)}, the '
+                f"config's is {describe_arch(own_backbone, zoo)}.")
+    if file_backbone:
+        return (f' Its backbone is not a Wave-ViT (its weights start with '
+                f'{", ".join(list(file_backbone)[:2])}).')
+    if has_wavevit_weights(convert_official(state_dict)[0]):
+        return (' It holds backbone weights only: use it as '
+                'model.backbone.init_cfg.checkpoint to train from it.')
+    return (f' It has no backbone weights at all (its weights start with '
+            f'{", ".join(list(state_dict)[:2])}).')
 
 
 def load_strictly(model: nn.Module, filename: str,
