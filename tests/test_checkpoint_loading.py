@@ -15,14 +15,16 @@ import pytest
 import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import CheckpointLoader
+from mmengine.runner import load_checkpoint as mmengine_load_checkpoint
 
 from helpers import (BAD_FILES, ROOT, TINY, RunsCode, assert_backbone_equals,
                      pretrained, save, write_bad_file)
 from wavevit_mm import WaveViT
 from wavevit_mm.checkpoint import (MODEL_TRUST_HINT, SAFE_GLOBALS,
                                    CheckpointError, UnsafeCheckpointError,
-                                   load_checkpoint)
-from wavevit_mm.checkpoint.loading import _history_buffer_method
+                                   load_checkpoint, read_once)
+from wavevit_mm.checkpoint.loading import (_history_buffer_method,
+                                           register_loader, unregister_loader)
 
 
 # ------------------------------------------------------------ bad files
@@ -261,3 +263,84 @@ def test_nothing_switches_weights_only_loading_off():
                 if name.endswith(('.py', '.sh')):
                     with open(os.path.join(base, name)) as f:
                         assert 'TORCH_FORCE_NO_WEIGHTS_ONLY' not in f.read()
+
+
+# ------------------------------------------------------ map_location
+
+def weights_file(folder, suffix):
+    path = str(folder / f'weights{suffix}')
+    state_dict = {'backbone.w': torch.arange(4.)}
+    if suffix == '.safetensors':
+        from safetensors.torch import save_file
+        save_file(state_dict, path)
+    else:
+        torch.save(dict(state_dict=state_dict), path)
+    return path
+
+
+def read_through(reader, path, map_location):
+    """The tensor ``backbone.w`` of ``path`` read by one of the callers of
+    the process-wide loader."""
+    if reader == 'load_checkpoint':
+        checkpoint = load_checkpoint(path, map_location=map_location)
+    elif reader == 'CheckpointLoader':  # load_from, --resume, mmdet's tools
+        checkpoint = CheckpointLoader.load_checkpoint(path, map_location)
+    else:  # mmengine's function for any model of the process
+        checkpoint = mmengine_load_checkpoint(
+            torch.nn.Module(), path, map_location=map_location, strict=False)
+    return checkpoint.get('state_dict', checkpoint)['backbone.w']
+
+
+@pytest.mark.parametrize('reader', ['load_checkpoint', 'CheckpointLoader',
+                                    'mmengine.runner.load_checkpoint'])
+@pytest.mark.parametrize('suffix', ['.pth', '.safetensors'])
+@pytest.mark.parametrize('map_location', [
+    'meta', torch.device('meta'), {'cpu': 'meta'}],
+    ids=['str', 'device', 'dict'])
+def test_every_caller_gets_its_map_location(tmp_path, reader, suffix,
+                                            map_location):
+    """The reader registered for every model of the process puts the
+    tensors where the caller asks (here the meta device, which needs no
+    GPU), as mmengine's own loader does; the CPU stays the default."""
+    path = weights_file(tmp_path, suffix)
+    tensor = read_through(reader, path, map_location)
+    assert tensor.device.type == 'meta' and tensor.shape == (4, )
+    assert load_checkpoint(path).get('state_dict', {}).get(
+        'backbone.w', torch.zeros(1)).device.type == 'cpu'
+
+
+def test_a_function_map_location_sees_every_storage(tmp_path):
+    path = weights_file(tmp_path, '.pth')
+    locations = []
+    tensor = read_through('CheckpointLoader', path,
+                          lambda storage, location: locations.append(
+                              location) or storage)
+    assert locations == ['cpu'] and torch.equal(tensor, torch.arange(4.))
+
+
+def test_read_once_hands_over_only_to_a_reader_of_the_same_location(
+        tmp_path):
+    path = weights_file(tmp_path, '.pth')
+    with read_once():
+        first = load_checkpoint(path)
+        assert load_checkpoint(path, map_location=None) is first
+        load_checkpoint(path)
+        moved = load_checkpoint(path, map_location='meta')
+    assert moved['state_dict']['backbone.w'].device.type == 'meta'
+
+
+def test_loader_registration_can_be_undone(tmp_path):
+    """unregister_loader gives mmengine its own loader back (the README's
+    opt-out): a file that is no checkpoint gets torch's error, not ours;
+    register_loader, what importing wavevit_mm does, restores ours."""
+    path = tmp_path / 'notes.pth'
+    path.write_text('not a checkpoint')
+    try:
+        unregister_loader()
+        with pytest.raises(Exception) as error:
+            CheckpointLoader.load_checkpoint(str(path))
+        assert not isinstance(error.value, CheckpointError)
+    finally:
+        register_loader()
+    with pytest.raises(CheckpointError, match='is not a checkpoint'):
+        CheckpointLoader.load_checkpoint(str(path))

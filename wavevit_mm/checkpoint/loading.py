@@ -12,14 +12,17 @@ unpickling can call anything. :func:`load_checkpoint` reads
 * every other storage scheme mmengine's ``CheckpointLoader`` knows
   (``s3://``, ``petrel://``, ...) through that loader;
 
-always with ``torch.load(weights_only=True)``. On top of tensors,
-containers and numbers, only :data:`SAFE_GLOBALS` may be unpickled: what
-official Wave-ViT training scripts and mmengine's Runner store. The list is
-registered with ``torch.serialization.add_safe_globals`` when this module
-is imported (``import wavevit_mm``, which every config does through
-``custom_imports``), and this reader is registered as mmengine's loader for
-local files and URLs, so ``load_from``, ``--resume`` and mmdet's and
-mmseg's own tools read these checkpoints the same way.
+always with ``torch.load(weights_only=True)``, onto the device
+``map_location`` names (the CPU unless a caller says otherwise). On top of
+tensors, containers and numbers, only :data:`SAFE_GLOBALS` may be
+unpickled: what official Wave-ViT training scripts and mmengine's Runner
+store. The list is registered with ``torch.serialization.add_safe_globals``
+when this module is imported (``import wavevit_mm``, which every config does
+through ``custom_imports``), and this reader is registered as mmengine's
+loader for local files and URLs (:func:`register_loader`), so ``load_from``,
+``--resume`` and mmdet's and mmseg's own tools read these checkpoints the
+same way. This holds for every model of the process; :func:`unregister_loader`
+gives mmengine its own loaders back.
 
 Within :func:`read_once`, a file read to check it is handed to the next
 reader (e.g. mmengine's Runner) without being deserialized again.
@@ -29,6 +32,7 @@ import contextlib
 import inspect
 import os
 import os.path as osp
+import io
 import pickle
 import re
 import urllib.error
@@ -41,6 +45,7 @@ import torch
 from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner import CheckpointLoader
+from mmengine.runner.checkpoint import load_from_http, load_from_local
 
 from ..errors import CheckpointError, UnsafeCheckpointError
 
@@ -106,6 +111,11 @@ FILE_SIGNATURES = (
     (b'\x1f\x8b', 'a gzip archive'),
 )
 URL_SCHEMES = ('http://', 'https://')
+#: Where ``torch.load`` puts the tensors: a device name, a ``torch.device``,
+#: a dict mapping saved locations to new ones, a function of (storage,
+#: location), or None for where they were saved.
+MapLocation = Union[None, str, torch.device, Dict[str, str], Callable]
+
 #: Bytes of a zip entry read at a time by the CRC-32 check: large reads keep
 #: it at memory speed (about 40 ms for a 100 MB file).
 CRC_CHUNK = 1 << 24
@@ -206,26 +216,44 @@ def _check_zip_entries(path: str) -> None:
                     f'or copy); re-download or re-copy it.') from None
 
 
-def _load_safetensors(path: str) -> Dict[str, torch.Tensor]:
+def _is_cpu(map_location: MapLocation) -> bool:
+    return map_location is None or (
+        isinstance(map_location, (str, torch.device))
+        and torch.device(map_location).type == 'cpu')
+
+
+def _load_safetensors(path: str,
+                      map_location: MapLocation) -> Dict[str, torch.Tensor]:
+    """A safetensors file's tensors (stored without a device), placed by
+    ``map_location`` as ``torch.load`` places tensors saved on the CPU."""
     try:
         from safetensors.torch import load_file
     except ImportError:  # an optional dependency
         raise CheckpointError(
             f'{path} is a safetensors file; reading it needs the '
             f'safetensors package (pip install safetensors).') from None
-    return load_file(path)
+    tensors = load_file(path)
+    if _is_cpu(map_location):
+        return tensors
+    # torch.load's own rules for every form of map_location
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, map_location=map_location, weights_only=True)
 
 
-def _load_local(path: str, trusted: bool, trust_hint: str) -> Any:
+def _load_local(path: str, trusted: bool, trust_hint: str,
+                map_location: MapLocation) -> Any:
     """A local checkpoint file, read as :func:`load_checkpoint` says."""
     kind = checkpoint_format(path)
     size = osp.getsize(path)
     try:
         if kind == 'safetensors':
-            return _load_safetensors(path)
+            return _load_safetensors(path, map_location)
         if kind == 'torch':
             _check_zip_entries(path)
-        return torch.load(path, map_location='cpu', weights_only=not trusted)
+        return torch.load(path, map_location=map_location,
+                          weights_only=not trusted)
     except CheckpointError:
         raise
     except pickle.UnpicklingError as error:
@@ -242,6 +270,12 @@ def _load_local(path: str, trusted: bool, trust_hint: str) -> Any:
             ) from None
         reason = _reader_error(error)
     except Exception as error:  # torch, zip and safetensors readers
+        if 'torch.cuda.is_available() is False' in str(error):
+            raise CheckpointError(
+                f'{path} holds tensors saved on a GPU, and the reader was '
+                f'asked to keep them there (map_location={map_location!r}), '
+                f'but this machine has no GPU: pass map_location="cpu".'
+            ) from None
         reason = _reader_error(error)
     raise CheckpointError(
         f'{path} could not be read as a {FORMAT_NAMES[kind]} checkpoint '
@@ -291,14 +325,16 @@ def download(url: str) -> str:
     return path
 
 
-_read_once_cache: Optional[Dict[str, Any]] = None
+_read_once_cache: Optional[Dict[str, Tuple[MapLocation, Any]]] = None
 
 
 @contextlib.contextmanager
 def read_once() -> Iterator[None]:
     """Within the context, a checkpoint is deserialized once: the object a
     read returns is kept for the next read of the same file, which takes it
-    (so a tool can check a file, then let mmengine's Runner load it)."""
+    (so a tool can check a file, then let mmengine's Runner load it). A
+    next read that asks for another ``map_location`` than the first reads
+    the file again."""
     global _read_once_cache
     outer, _read_once_cache = _read_once_cache, {}
     try:
@@ -308,9 +344,11 @@ def read_once() -> Iterator[None]:
 
 
 def load_checkpoint(filename: str, trusted: bool = False,
-                    trust_hint: str = MODEL_TRUST_HINT) -> Any:
+                    trust_hint: str = MODEL_TRUST_HINT,
+                    map_location: MapLocation = 'cpu') -> Any:
     """Load a checkpoint (local file, URL or other storage) without running
-    code from it, onto the CPU.
+    code from it, its tensors where ``map_location`` puts them (as for
+    ``torch.load``; the CPU by default).
 
     Pickled files go through ``torch.load(weights_only=True)`` with only
     :data:`SAFE_GLOBALS` allowed on top of tensors, containers and numbers;
@@ -332,21 +370,45 @@ def load_checkpoint(filename: str, trusted: bool = False,
     key = osp.realpath(osp.expanduser(filename)) if local else filename
     cache = _read_once_cache
     if cache is not None and key in cache:
-        return cache.pop(key)
+        location, checkpoint = cache.pop(key)
+        if location is map_location or (
+                _is_cpu(location) and _is_cpu(map_location)):
+            return checkpoint
     if is_url:
-        checkpoint = _load_local(download(filename), trusted, trust_hint)
+        checkpoint = _load_local(download(filename), trusted, trust_hint,
+                                 map_location)
     elif local:
         checkpoint = _load_local(osp.expanduser(filename), trusted,
-                                 trust_hint)
+                                 trust_hint, map_location)
     else:  # s3://, petrel://, ...: mmengine's loader, weights-only
-        checkpoint = CheckpointLoader.load_checkpoint(filename, 'cpu')
+        checkpoint = CheckpointLoader.load_checkpoint(filename, map_location)
     if cache is not None:
-        cache[key] = checkpoint
+        cache[key] = (map_location, checkpoint)
     return checkpoint
 
 
-@CheckpointLoader.register_scheme(prefixes=('', ) + URL_SCHEMES, force=True)
-def load_from_wavevit_mm(filename: str, map_location=None) -> Any:
-    """mmengine's loader for local files and URLs: :func:`load_checkpoint`
-    (tensors come on the CPU; the Runner moves them where they belong)."""
-    return load_checkpoint(filename)
+def load_from_wavevit_mm(filename: str,
+                         map_location: MapLocation = None) -> Any:
+    """mmengine's loader for local files and URLs: :func:`load_checkpoint`,
+    with the ``map_location`` the caller passes (mmengine's own loader
+    hands it to ``torch.load`` the same way)."""
+    return load_checkpoint(filename, map_location=map_location)
+
+
+def register_loader() -> None:
+    """Make :func:`load_from_wavevit_mm` mmengine's loader for local files
+    and http(s) URLs, for every model of the process (done when
+    ``wavevit_mm`` is imported)."""
+    CheckpointLoader.register_scheme(('', ) + URL_SCHEMES,
+                                     load_from_wavevit_mm, force=True)
+
+
+def unregister_loader() -> None:
+    """Give mmengine its own loaders for local files and URLs back (they
+    read with torch's default weights-only rules; the allow-list stays
+    registered)."""
+    CheckpointLoader.register_scheme('', load_from_local, force=True)
+    CheckpointLoader.register_scheme(URL_SCHEMES, load_from_http, force=True)
+
+
+register_loader()
