@@ -1,6 +1,6 @@
-"""tools/analysis_tools/benchmark.py's pieces (measure.py and
-official_formulation.py beside it): the official formulation it times
-against, the tables it prints, the precisions, the memory, training-step and
+"""tools/analysis_tools/benchmark.py and the benchmarking/ modules beside
+it: the official formulation it times against, the tables it prints, the
+precisions, the one backbone training step, the memory, training-step and
 operator-count measurements, the JSON of a run (speed itself is measured,
 never asserted)."""
 import json
@@ -18,8 +18,8 @@ from wavevit_mm.ops import DWT2D, IDWT2D
 
 RIG = os.path.join(ROOT, 'tools', 'analysis_tools')
 sys.path.insert(0, RIG)
-import measure as benchmark  # noqa: E402
-import official_formulation  # noqa: E402
+from benchmarking import (backbones, detector, haar, latency,  # noqa: E402
+                          official_formulation, operators, report, timing)
 
 
 def test_official_formulation_gives_the_same_feature_maps():
@@ -61,8 +61,8 @@ def test_convolutional_haar_matches_the_fast_transforms():
 
 
 def test_wavelet_table_reports_equality_and_every_implementation():
-    rows = benchmark.wavelet_table([(1, 4, 16, 24)], repeat=1,
-                                   device=torch.device('cpu'))
+    rows = haar.wavelet_table([(1, 4, 16, 24)], repeat=1,
+                              device=torch.device('cpu'))
     (row, ) = rows
     assert row['max_abs_diff'] < 1e-6
     for key in ('wavevit_mm DWT2D+IDWT2D', 'wavevit_mm, torch.compile',
@@ -72,7 +72,7 @@ def test_wavelet_table_reports_equality_and_every_implementation():
 
 @pytest.mark.slow
 def test_backbone_table_row_compares_outputs_with_the_official_formulation():
-    rates, rows = benchmark.backbone_table(
+    rates, rows = latency.backbone_table(
         ['Wave-ViT-S', 'Wave-ViT-S (official formulation)'], [1], (64, 64),
         repeat=1, device=torch.device('cpu'))
     assert rates['fp32'] > 0
@@ -88,9 +88,9 @@ def test_backbone_table_row_compares_outputs_with_the_official_formulation():
 RECYCLE_PROBE = '''
 import resource, sys, torch
 sys.path.insert(0, sys.argv[2])
-import measure
+from benchmarking import memory
 if sys.argv[1] == "retain":
-    assert measure.retain_freed_memory()
+    assert memory.retain_freed_memory()
 def step():
     x = torch.ones(16 * 2**20)    # 64 MB: above any mmap threshold of glibc
     return (x * 2).sum()          # and a second one
@@ -119,8 +119,8 @@ def test_retained_memory_is_reused_without_page_faults():
 @pytest.mark.slow
 def test_mask_rcnn_training_steps_are_timed_and_update_the_model():
     config = os.path.join(ROOT, 'configs', 'mask_rcnn_wavevit_s_coco.py')
-    result = benchmark.train_throughput(config, (128, 160), batch_size=1,
-                                        repeat=2, device=torch.device('cpu'))
+    result = detector.train_throughput(config, (128, 160), batch_size=1,
+                                       repeat=2, device=torch.device('cpu'))
     assert result['images_per_second'] > 0
     assert len(result['losses']) == 3   # warm-up + 2 timed steps
     assert all(torch.isfinite(torch.tensor(result['losses'])))
@@ -145,11 +145,11 @@ def test_bf16_runs_the_backbone_under_autocast_and_fp32_without_tf32():
     dtypes = record_linear_output_dtypes(model)
     image = torch.randn(1, 3, 64, 64)
     tf32 = torch.backends.cudnn.allow_tf32
-    with torch.no_grad(), benchmark.precision('bf16', CPU):
+    with torch.no_grad(), timing.precision('bf16', CPU):
         model(image)
     assert dtypes and set(dtypes) == {torch.bfloat16}
     dtypes.clear()
-    with torch.no_grad(), benchmark.precision('fp32', CPU):
+    with torch.no_grad(), timing.precision('fp32', CPU):
         assert not torch.backends.cuda.matmul.allow_tf32
         assert not torch.backends.cudnn.allow_tf32
         model(image)
@@ -160,8 +160,52 @@ def test_bf16_runs_the_backbone_under_autocast_and_fp32_without_tf32():
 @pytest.mark.parametrize('dtype', ['tf32', 'fp16'])
 def test_precisions_the_cpu_cannot_run_are_refused(dtype):
     with pytest.raises(InputError, match=f'--dtype {dtype} needs a CUDA'):
-        with benchmark.precision(dtype, CPU):
+        with timing.precision(dtype, CPU):
             pass
+
+
+class TwoMaps(torch.nn.Module):
+    """A backbone's shape of output: a tuple of feature maps."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3, bias=False)
+
+    def forward(self, x):
+        y = self.linear(x)
+        return y, 2 * y
+
+
+def test_training_step_backpropagates_the_sum_of_the_outputs():
+    model = TwoMaps()
+    image = torch.randn(5, 4)
+    backbones.train_step(model, image)
+    # d/dW of sum(y) + sum(2y), y = x W^T: 3 * x.sum(0) in every row
+    expected = 3 * image.sum(0).expand(3, 4)
+    torch.testing.assert_close(model.linear.weight.grad, expected)
+    backbones.train_step(model, image, dtype='bf16')
+    # gradients accumulate, as in training; the bf16 forward rounds
+    torch.testing.assert_close(model.linear.weight.grad, 2 * expected,
+                               atol=0.1, rtol=0.02)
+
+
+def test_backbone_is_built_with_checkpointing_where_asked():
+    def flags(model):
+        return {m.with_cp for m in model.modules() if hasattr(m, 'with_cp')}
+    assert flags(backbones.build_backbone('Wave-ViT-S')) == {False}
+    assert flags(backbones.build_backbone('Wave-ViT-S', with_cp=True)) == {
+        True}
+
+
+def test_table_prints_measured_rows_then_why_the_others_were_not(capsys):
+    rows = [dict(name='A', value=1),
+            report.failed_row(dict(name='B', dtype='bf16'),
+                              ImportError('no module named b'), CPU)]
+    report.print_markdown(['backbone', 'value'], rows,
+                          lambda row: [row['name'], str(row['value'])])
+    assert capsys.readouterr().out.splitlines() == [
+        '| backbone | value |', '|---|---|', '| A | 1 |',
+        'B bf16: not measured: ImportError: no module named b']
 
 
 def test_backbone_training_step_is_timed_with_backward_and_no_cpu_memory():
@@ -172,8 +216,8 @@ def test_backbone_training_step_is_timed_with_backward_and_no_cpu_memory():
         model(image)
     per_forward = len(dtypes)
     dtypes.clear()
-    result = benchmark.time_train_step(model, image, repeat=2, device=CPU,
-                                       dtype='bf16')
+    result = latency.time_train_step(model, image, repeat=2, device=CPU,
+                                     dtype='bf16')
     assert 0 < result['min'] <= result['median']
     assert result['peak_mem'] is None  # the allocator's peak is CUDA's
     # one warm-up and two timed steps, each forward in bfloat16
@@ -185,14 +229,14 @@ def test_backbone_training_step_is_timed_with_backward_and_no_cpu_memory():
 
 def test_aten_operators_of_one_call_are_counted():
     a, b, c = torch.ones(3), torch.ones(3), torch.ones(3)
-    assert benchmark.count_aten_ops(lambda: torch.add(a, b)) == 1
-    assert benchmark.count_aten_ops(lambda: a.add(b).mul(c)) == 2
+    assert operators.count_aten_ops(lambda: torch.add(a, b)) == 1
+    assert operators.count_aten_ops(lambda: a.add(b).mul(c)) == 2
     # nested ones too: ones is empty, then fill_
-    assert benchmark.count_aten_ops(lambda: torch.ones(3)) == 3
+    assert operators.count_aten_ops(lambda: torch.ones(3)) == 3
 
 
 def test_backbone_issues_fewer_operators_in_eval_than_in_training():
-    (row, ) = benchmark.operator_counts(['Wave-ViT-S'], (1, 3, 64, 64), CPU)
+    (row, ) = operators.operator_counts(['Wave-ViT-S'], (1, 3, 64, 64), CPU)
     assert row['name'] == 'Wave-ViT-S' and 'error' not in row
     # the backward pass adds at least one operator per differentiable one
     assert 0 < 1.5 * row['eval'] < row['train']

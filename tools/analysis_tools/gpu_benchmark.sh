@@ -1,29 +1,24 @@
 #!/usr/bin/env bash
-# Every GPU figure of the README's benchmark section, in one run on a CUDA
-# machine, from the project root or anywhere:
+# Every GPU figure of the README's benchmark section, in one run on your
+# own CUDA machine with the stack installed as in the README's
+# "Installation" (mmcv built with its CUDA ops), from the project root or
+# anywhere:
 #
 #   bash tools/analysis_tools/gpu_benchmark.sh OUT_DIR
 #
 # Each step writes OUT_DIR/<step>.log (the printed tables) and
 # OUT_DIR/<step>.json (every figure, rewritten after each table, so a step
 # cut short keeps what it measured); OUT_DIR/steps.txt lists the steps with
-# their exit status and seconds. A failing step does not stop the next one.
-#
-# Where the checkout carries the .gpu/ folder that ../shared/gpu/prepare.sh
-# fills (and DEVICE is not cpu), the MM stack is installed from it and
-# mmcv's CUDA ops are built in the background (about 6.5 minutes, niced, on
-# 10 of 16 cores) while the backbones are measured; until then mmdet's
-# models do not import, so the PVTv2-b2 and ResNet-50 rows are timm's and
-# torchvision's (the same networks; the row names say which). The Mask
-# R-CNN steps, which need those ops, come last. The steps' limits add up
-# to more than one 10-minute call: on a lent machine, run it in two calls
-# (STEPS=...), e.g. the backbone steps first, then the compiled and Mask
-# R-CNN ones.
+# their exit status and seconds, OUT_DIR/machine.txt the GPU and the
+# commit. A failing step does not stop the next one. The steps' time
+# limits add up to about 40 minutes.
 #
 # STEPS="haar mask_rcnn_amp" runs only the steps named (e.g. to redo
-# some). The sizes can be made small to try the script on a CPU, e.g.
+# some); PYTHON picks the interpreter. The sizes can be made small to try
+# the script on a CPU, e.g.
 #   DEVICE=cpu DTYPES="fp32 bf16" TRAIN_DTYPES=bf16 SIZE="64 64" \
 #   TRAIN_STEP="1 64 64" TRAIN_SHAPE="128 160" REPEAT=1 \
+#   STEPS="backbones train_step haar count_ops" \
 #   bash tools/analysis_tools/gpu_benchmark.sh /tmp/out
 set -u
 out=$(mkdir -p "${1:?usage: gpu_benchmark.sh OUT_DIR}" && cd "$1" && pwd)
@@ -45,10 +40,6 @@ steps=" ${STEPS:-$all_steps} "
 bench=("$py" tools/analysis_tools/benchmark.py --device "$device"
        --repeat "$repeat")
 
-gpu_setup=$([ "$device" != cpu ] && [ -f .gpu/device_setup.sh ] && echo yes)
-if [ -n "$gpu_setup" ]; then
-  . .gpu/device_setup.sh build-mmcv || exit 1
-fi
 { nvidia-smi; git rev-parse HEAD; git status --short; } \
   > "$out/machine.txt" 2>&1
 
@@ -74,7 +65,7 @@ step train_step 240 --skip-wavelets --skip-backbones \
 step haar 180 --skip-backbones
 step count_ops 180 --skip-wavelets --skip-backbones \
   --backbones "${backbones[@]}" --count-ops
-# compiling takes a minute or two: while mmcv's ops are still being built
+# compiling takes a minute or two
 step count_ops_compiled 300 --skip-wavelets --skip-backbones \
   --backbones Wave-ViT-S --count-ops --compile
 step compiled 300 --skip-wavelets --backbones 'Wave-ViT-S (compiled)' \
@@ -82,9 +73,6 @@ step compiled 300 --skip-wavelets --backbones 'Wave-ViT-S (compiled)' \
 step compiled_train_step 240 --skip-wavelets --skip-backbones \
   --backbones 'Wave-ViT-S (compiled)' --train-step-shape $train_step \
   --dtypes bf16
-if [ -n "$gpu_setup" ] && [[ $steps == *" mask_rcnn_amp"* ]]; then
-  . .gpu/device_setup.sh wait-mmcv >> "$out/steps.txt" 2>&1
-fi
 step mask_rcnn_amp 300 --skip-wavelets --skip-backbones \
   --train-config configs/mask_rcnn_wavevit_s_coco.py \
   --train-shape $train_shape --train-batch-size 2 --amp

@@ -1,4 +1,4 @@
-"""The official formulation of Wave-ViT, for the benchmark.
+"""The official formulation of Wave-ViT, kept for comparison.
 
 :class:`OfficialFormulation` is a :class:`~wavevit_mm.WaveViT` computed the
 way the official implementation computes it, with the same weights and
@@ -14,8 +14,6 @@ from torch import Tensor, nn
 from wavevit_mm import WaveViT
 from wavevit_mm.models.wavevit import attend
 
-
-# ------------------------------------------------- official formulation
 
 def _haar_filters(like: Tensor) -> Tensor:
     """(4, 1, 2, 2) orthonormal Haar analysis filters, LL LH HL HH."""
@@ -63,7 +61,7 @@ class OfficialFormulation(nn.Module):
 
     @staticmethod
     def _ffn(ffn, x: Tensor, height: int, width: int) -> Tensor:
-        batch, _, dim = x.shape
+        batch = x.shape[0]
         x = ffn.fc1(x)
         x = x.transpose(1, 2).view(batch, -1, height, width)
         x = ffn.dwconv(x).flatten(2).transpose(1, 2)
