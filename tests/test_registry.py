@@ -55,3 +55,34 @@ def test_config_file_with_custom_imports_builds_backbone(tmp_path):
     assert result.returncode == 0, result.stderr
     assert ('WaveViT [(1, 16, 16, 16), (1, 32, 8, 8), (1, 48, 4, 4), '
             '(1, 64, 2, 2)]') in result.stdout
+
+
+def test_broken_optional_package_is_skipped_with_one_warning(
+        tmp_path, monkeypatch):
+    """An installed mmpretrain that does not import (its torchvision built
+    for another torch) leaves WaveViT registered for mmdet and mmseg, with
+    one warning naming it and its error."""
+    package = tmp_path / 'mmpretrain'
+    package.mkdir()
+    (package / '__init__.py').write_text(
+        "raise RuntimeError('operator torchvision::nms does not exist')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(UserWarning) as caught:
+        registered = wavevit_mm.register_backbone()
+    assert registered == ['mmdet', 'mmseg']
+    assert len(caught) == 1
+    assert ('WaveViT is registered for mmdet and mmseg, but not for '
+            'mmpretrain (RuntimeError: operator torchvision::nms does not '
+            'exist)') in str(caught[0].message)
+
+
+def test_no_usable_package_is_an_import_error(tmp_path, monkeypatch):
+    package = tmp_path / 'mmbroken'
+    package.mkdir()
+    (package / '__init__.py').write_text("raise ImportError('no torch')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(wavevit_mm.registry, 'REGISTRY_PACKAGES',
+                        ('mmbroken', 'mm_not_installed'))
+    with pytest.raises(ImportError, match=r'none of them imports: mmbroken '
+                       r'\(ImportError: no torch\)'):
+        wavevit_mm.register_backbone()

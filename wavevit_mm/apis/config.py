@@ -9,6 +9,7 @@ from mmengine.config import Config, DictAction
 
 from ..errors import ConfigError, DataError
 from ..models import WaveViT, read_backbone_weights
+from ..models.init_cfg import split_init_cfg
 from ..models.pretrained import check_fits
 
 
@@ -106,8 +107,8 @@ def check_backbone_config(cfg: Config, pretrained: bool = False) -> None:
     ``out_indices`` or ``frozen_stages`` is a ConfigError naming the config
     key before any data is read.
 
-    With ``pretrained`` (training), the file of an
-    ``init_cfg=dict(type='Pretrained', ...)`` is read and checked against
+    With ``pretrained`` (training), the file of each
+    ``dict(type='Pretrained', ...)`` entry of its ``init_cfg`` is read and checked against
     the backbone too: a missing, broken or foreign checkpoint is reported
     now rather than after the datasets are loaded (inside
     :func:`wavevit_mm.checkpoint.read_once`, the backbone's initialisation
@@ -120,12 +121,12 @@ def check_backbone_config(cfg: Config, pretrained: bool = False) -> None:
             backbone = WaveViT(**kwargs)
         except (ValueError, TypeError) as error:
             raise ConfigError(f'{path}: {error}') from None
-        init_cfg = kwargs.get('init_cfg')
-        if pretrained and isinstance(init_cfg, dict) and \
-                init_cfg.get('type') == 'Pretrained':
+        if not pretrained:
+            continue
+        for entry in split_init_cfg(kwargs.get('init_cfg'))[1]:
             weights, report = read_backbone_weights(
-                init_cfg['checkpoint'], WaveViT.arch_zoo,
-                init_cfg.get('prefix'), init_cfg.get('trusted', False))
+                entry['checkpoint'], WaveViT.arch_zoo, entry.get('prefix'),
+                entry.get('trusted', False))
             check_fits(weights, backbone, report.filename)
 
 

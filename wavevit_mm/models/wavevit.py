@@ -18,11 +18,13 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
-from mmengine.model.weight_init import constant_init, trunc_normal_init
+from mmengine.model.weight_init import (constant_init, initialize,
+                                        trunc_normal_init)
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops import DWT2D, IDWT2D
+from .init_cfg import check_init_cfg, split_init_cfg
 from .official import NUM_STAGES
 from .pretrained import load_pretrained
 
@@ -34,47 +36,52 @@ EMBED_NORM_EPS = 1e-5
 
 
 def tokens_to_map(x: Tensor, hw: Tuple[int, int]) -> Tensor:
-    """(B, N, C) -> (B, C, H, W), a channels-last view without copying."""
-    return x.transpose(1, 2).unflatten(2, hw)
+    """(B, N, C) -> (B, C, H, W), a channels-last view without copying.
+
+    Split, then permuted: the strides are the canonical channels-last ones
+    even for B = 1, which is what the convolution libraries read to keep
+    the channels-last layout.
+    """
+    return x.unflatten(1, hw).permute(0, 3, 1, 2)
 
 
 def map_to_tokens(x: Tensor) -> Tensor:
     """(B, C, H, W) -> (B, N, C); a view for channels-last maps."""
-    return x.flatten(2).transpose(1, 2)
-
-
-def conv_nhwc(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """``conv(x)`` in channels-last memory.
-
-    Token maps are channels-last views; with the weight in the same layout
-    oneDNN and cuDNN convolve them in place of first copying them to NCHW
-    (which costs more than the depthwise convolution itself), and the output
-    is again channels-last, i.e. a free (B, N, C) token view. WaveViT stores
-    its convolution weights channels-last (:func:`channels_last_weights`),
-    so nothing is converted per call.
-    """
-    return conv._conv_forward(x, conv.weight, conv.bias)
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
 
 
 def channels_last_weights(module: nn.Module) -> None:
-    """Store the weights of every Conv2d in ``module`` channels-last.
+    """Give the depthwise and 1x1 convolution weights of ``module``
+    channels-last strides.
 
-    Loading a state dict copies into this layout, and ``.to()``/``.half()``
-    keep it. Depthwise and 1x1 kernels get channels-last strides too (for
-    them both layouts are "contiguous"), which is what makes the backends
-    choose channels-last outputs.
+    For these kernels both layouts are "contiguous" (``is_contiguous()``
+    holds and ``view(-1)`` works, so pruning, ``fuse_conv_bn`` and
+    parametrizations see an ordinary weight), but the strides are what
+    oneDNN and cuDNN read when they choose a layout: with channels-last
+    strides they convolve the channels-last token maps in place of first
+    copying them to NCHW (which costs more than the depthwise convolution
+    itself), and their output is again channels-last, a free (B, N, C)
+    token view. Dense kernels stay NCHW, as everywhere in PyTorch: the
+    backends reorder them per call, which costs a copy of the weight,
+    not of the activation. Loading a state dict copies into these
+    layouts, and ``.to()``/``.half()`` keep them.
     """
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d) and (
+                m.groups == m.in_channels or m.kernel_size == (1, 1)):
             m.weight = nn.Parameter(
                 m.weight.detach().to(memory_format=torch.channels_last),
                 requires_grad=m.weight.requires_grad)
 
 
-def conv_norm_act(block: nn.Sequential, x: Tensor) -> Tensor:
-    """A (conv, norm, activation) sequence with :func:`conv_nhwc`."""
-    conv, norm, act = block
-    return act(norm(conv_nhwc(conv, x)))
+class GELU(nn.GELU):
+    """``nn.GELU`` that overwrites its input where no gradient flows, so
+    inference keeps one copy of the FFN's largest activation, not two."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return super().forward(x)
+        return torch.ops.aten.gelu_(x, approximate=self.approximate)
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, fused: bool = True) -> Tensor:
@@ -98,17 +105,13 @@ class FFN(nn.Module):
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.dwconv = nn.Conv2d(
             hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
-        self.act = nn.GELU()
+        self.act = GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
         x = self.fc1(x)                                     # (B, N, hidden)
-        x = map_to_tokens(conv_nhwc(self.dwconv, tokens_to_map(x, hw)))
-        if torch.is_grad_enabled() and x.requires_grad:
-            x = self.act(x)
-        else:  # inference: no second copy of the largest activation
-            x = torch.ops.aten.gelu_(x, approximate=self.act.approximate)
-        return self.fc2(x)                                  # (B, N, C)
+        x = map_to_tokens(self.dwconv(tokens_to_map(x, hw)))
+        return self.fc2(self.act(x))                        # (B, N, C)
 
 
 class Attention(nn.Module):
@@ -174,14 +177,15 @@ class WaveletAttention(nn.Module):
         heads, sr = self.num_heads, self.sr_ratio
         q = self.q(x).view(batch, num_tokens, heads, -1).transpose(1, 2)
 
-        reduced = conv_norm_act(self.reduce, tokens_to_map(x, hw))
-        bands = conv_norm_act(self.filter, self.dwt(reduced))  # (B, C, H/2, W/2)
+        reduced = self.reduce(tokens_to_map(x, hw))           # (B, C/4, H, W)
+        bands = self.filter(self.dwt(reduced))                # (B, C, H/2, W/2)
         local = self.idwt(bands, hw)                          # (B, C/4, H, W)
 
-        pad_h, pad_w = -bands.shape[2] % sr, -bands.shape[3] % sr
-        if pad_h or pad_w:  # sizes not divisible by 32: keep every band pixel
-            bands = F.pad(bands, (0, pad_w, 0, pad_h))
-        kv = self.kv(map_to_tokens(conv_nhwc(self.kv_embed, bands)))  # (B, M, 2C)
+        # sizes not divisible by 32: pad (by 0 elsewhere) to keep every band
+        # pixel; padding by a computed amount, never behind a branch on the
+        # size, exports as one graph for every input size
+        bands = F.pad(bands, (0, -bands.shape[3] % sr, 0, -bands.shape[2] % sr))
+        kv = self.kv(map_to_tokens(self.kv_embed(bands)))     # (B, M, 2C)
         k, v = kv.view(batch, -1, 2, heads, dim // heads).permute(
             2, 0, 3, 1, 4).unbind(0)                          # (B, heads, M, d)
 
@@ -274,10 +278,7 @@ class Stem(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=EMBED_NORM_EPS)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        x = x.contiguous(memory_format=torch.channels_last)
-        for i in range(0, len(self.conv), 3):
-            x = conv_norm_act(self.conv[i:i + 3], x)
-        x = conv_nhwc(self.proj, x)
+        x = self.proj(self.conv(x.contiguous(memory_format=torch.channels_last)))
         return self.norm(map_to_tokens(x)), (x.shape[2], x.shape[3])
 
 
@@ -290,7 +291,7 @@ class Downsample(nn.Module):
         self.norm = nn.LayerNorm(out_dim, eps=EMBED_NORM_EPS)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        x = conv_nhwc(self.proj, x)
+        x = self.proj(x)
         return self.norm(map_to_tokens(x)), (x.shape[2], x.shape[3])
 
 
@@ -335,12 +336,15 @@ class WaveViT(BaseModule):
             of its keyword arguments, e.g. ``dict(mode='max-autotune')``).
             The whole backbone is one graph, without breaks, on the CPU
             and on GPUs; the heads stay eager. The first iterations compile.
-        init_cfg: mmengine init config; ``dict(type='Pretrained',
-            checkpoint=PATH)`` loads backbone weights strictly from an
-            official ImageNet checkpoint, a converted one or a whole
-            mmdet/mmseg model, a path or a URL (see
-            :mod:`wavevit_mm.models.pretrained`);
-            ``trusted=True`` also unpickles files that could run code.
+        init_cfg: mmengine init config, a dict or a list of dicts;
+            ``dict(type='Pretrained', checkpoint=PATH)`` loads backbone
+            weights strictly from an official ImageNet checkpoint, a
+            converted one or a whole mmdet/mmseg model, a path or a URL
+            (see :mod:`wavevit_mm.models.pretrained`; ``trusted=True``
+            also unpickles files that could run code); mmengine's weight
+            initialisers (``Constant``, ``TruncNormal``, ... with
+            ``layer``/``override``) apply after the official
+            initialisation (:mod:`wavevit_mm.models.init_cfg`).
     """
 
     arch_zoo: Dict[str, Dict] = {
@@ -400,17 +404,37 @@ class WaveViT(BaseModule):
                 if i == 0 else Downsample(dims[i - 1], dims[i]))
             stages.append(Stage(downsample, blocks, dims[i]))
         self.stages = nn.ModuleList(stages)
+        check_init_cfg(init_cfg, self)
         channels_last_weights(self)
         self._freeze_stages()
         if not isinstance(compile, (bool, dict)):
             raise TypeError(f'compile must be a bool or a dict of '
                             f'torch.compile arguments, got {compile!r}')
-        # compiled as a function of (self, x): nothing tied to this
-        # instance is stored, so copies of the model stay independent
-        self._run_stages = (
-            torch.compile(WaveViT._forward_stages,
-                          **(compile if isinstance(compile, dict) else {}))
-            if compile is not False else WaveViT._forward_stages)
+        self.compile_options = (
+            None if compile is False
+            else dict(compile) if isinstance(compile, dict) else {})
+        self._run_stages = self._stage_runner()
+
+    def _stage_runner(self):
+        """``WaveViT._forward_stages``, through ``torch.compile`` when asked.
+
+        Compiled as a function of (self, x): nothing tied to this instance
+        is stored in it, so copies of the model stay independent. The
+        compiled function cannot be pickled; copies (pickle,
+        ``torch.save(model)``, ``copy.deepcopy``) compile their own.
+        """
+        if self.compile_options is None:
+            return WaveViT._forward_stages
+        return torch.compile(WaveViT._forward_stages, **self.compile_options)
+
+    def __getstate__(self) -> Dict:
+        state = super().__getstate__()
+        state.pop('_run_stages', None)
+        return state
+
+    def __setstate__(self, state: Dict) -> None:
+        super().__setstate__(state)
+        self._run_stages = self._stage_runner()
 
     @classmethod
     def parse_arch(cls, arch: Union[str, Dict]) -> Dict:
@@ -470,13 +494,24 @@ class WaveViT(BaseModule):
         return tuple(sorted(out_indices))
 
     def init_weights(self) -> None:
-        """Official initialisation, or strict loading of pretrained weights."""
-        if isinstance(self.init_cfg, dict) and \
-                self.init_cfg.get('type') == 'Pretrained':
-            load_pretrained(self, self.init_cfg['checkpoint'],
-                            prefix=self.init_cfg.get('prefix'),
-                            trusted=self.init_cfg.get('trusted', False))
-            return
+        """Initialise as ``init_cfg`` says, the way mmengine's
+        ``BaseModule.init_weights`` does: the official initialisation,
+        then the weight initialisers of ``init_cfg`` in order (``layer``,
+        ``override``), then its ``Pretrained`` entries, loaded strictly.
+        With a ``Pretrained`` entry every weight comes from the file."""
+        initializers, pretrained = split_init_cfg(self.init_cfg)
+        if not pretrained:
+            self._official_init()
+        if initializers:
+            initialize(self, initializers)
+        for entry in pretrained:
+            load_pretrained(self, entry['checkpoint'],
+                            prefix=entry.get('prefix'),
+                            trusted=entry.get('trusted', False))
+
+    def _official_init(self) -> None:
+        """Truncated-normal Linear weights (std 0.02), unit LayerNorms,
+        He-normal convolutions (fan out), zero biases."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal_init(m, std=.02, bias=0.)
@@ -486,7 +521,8 @@ class WaveViT(BaseModule):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * \
                     m.out_channels // m.groups
                 # drawn in (out, in, kh, kw) order, as for an NCHW weight,
-                # then stored channels-last: the same initial weights
+                # then stored in the layout of the parameter: the same
+                # initial weights whatever the layout
                 drawn = torch.empty(m.weight.shape, dtype=m.weight.dtype,
                                     device=m.weight.device)
                 nn.init.normal_(drawn, mean=0., std=(2.0 / fan_out)**0.5)
