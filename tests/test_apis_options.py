@@ -1,14 +1,19 @@
-"""wavevit_mm.apis.options, what tools/train.py sets up from its switches
-before a run: the checkpoint --resume picks (never one that does not read
-back), load_from read first, --amp."""
+"""wavevit_mm.apis.options, what tools/train.py and tools/test.py set up
+from their switches before a run: the checkpoint --resume picks (never one
+that does not read back), load_from read first, --amp, --tta (mmdet's
+default where a config has none)."""
+import os
 import time
 
 import pytest
 import torch
 from mmengine.config import Config
 
-from wavevit_mm.apis import apply_train_options, find_resume_checkpoint
+from toy_runs import TOY
+from wavevit_mm.apis import (apply_test_options, apply_train_options,
+                             find_resume_checkpoint)
 from wavevit_mm.checkpoint import CheckpointError
+from wavevit_mm.errors import ConfigError
 
 
 def checkpoint(folder, name, broken=False):
@@ -136,3 +141,59 @@ def test_amp_keeps_the_dtype_and_loss_scale_the_config_states(monkeypatch):
     assert (wrapper.dtype, wrapper.loss_scale) == ('float16', 512.)
     wrapper = gpu_amp(monkeypatch, bf16=True, dtype='float16')
     assert wrapper.loss_scale == 'dynamic'
+
+
+# ---------------------------------------------------------------- --tta
+
+def toy_config(name):
+    return Config.fromfile(os.path.join(TOY, 'configs', name))
+
+
+def test_tta_without_settings_takes_mmdets_flip_default(log_messages):
+    """A detection config without tta_model and tta_pipeline (every shipped
+    one) gets mmdet's tools/test.py default, and the run says so."""
+    cfg = toy_config('retinanet_wavevit_toy_coco.py')
+    assert 'tta_model' not in cfg and 'tta_pipeline' not in cfg
+    test_pipeline = cfg.test_dataloader.dataset.pipeline
+    apply_test_options(cfg, 'model.pth', tta=True)
+    assert cfg.model.type == 'DetTTAModel'
+    assert cfg.model.tta_cfg == dict(nms=dict(type='nms', iou_threshold=0.5),
+                                     max_per_img=100)
+    assert cfg.model.module.type == 'RetinaNet'
+    pipeline = cfg.test_dataloader.dataset.pipeline
+    assert pipeline[:-1] == test_pipeline[:-1]
+    assert pipeline[-1].type == 'TestTimeAug'
+    flips, (pack, ) = pipeline[-1].transforms
+    assert [flip.prob for flip in flips] == [1., 0.]
+    assert pack.type == 'PackDetInputs' and 'flip' in pack.meta_keys
+    line, = [m for m in log_messages if m.startswith('--tta')]
+    assert 'no tta_model and no tta_pipeline' in line
+    assert "mmdet's tools/test.py --tta" in line
+    assert 'DetTTAModel' in cfg.pretty_text
+
+
+def test_tta_keeps_the_settings_the_config_has(log_messages):
+    cfg = toy_config('upernet_wavevit_toy_ade20k.py')
+    tta_pipeline = cfg.tta_pipeline
+    apply_test_options(cfg, 'model.pth', tta=True)
+    assert cfg.model.type == 'SegTTAModel'
+    assert cfg.model.module.type == 'EncoderDecoder'
+    assert cfg.test_dataloader.dataset.pipeline == tta_pipeline
+    assert not [m for m in log_messages if m.startswith('--tta')]
+
+
+def test_tta_of_instance_segmentation_is_refused_in_one_paragraph():
+    cfg = toy_config('mask_rcnn_wavevit_toy_coco.py')
+    with pytest.raises(ConfigError) as error:
+        apply_test_options(cfg, 'model.pth', tta=True)
+    message = str(error.value)
+    assert 'mmdet has no test-time augmentation for instance segmentation' \
+        in message and '\n' not in message
+    assert cfg.model.type == 'MaskRCNN'  # the config is left as it was
+
+
+def test_tta_of_segmentation_without_a_pipeline_names_mmsegs_bases():
+    cfg = toy_config('upernet_wavevit_toy_ade20k.py')
+    cfg.pop('tta_pipeline')
+    with pytest.raises(ConfigError, match='mmseg::_base_/datasets'):
+        apply_test_options(cfg, 'model.pth', tta=True)

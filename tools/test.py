@@ -18,8 +18,10 @@ def parse_args():
     parser.add_argument('--show-dir', help='draw the predictions on the '
                         'images and save them under this directory')
     parser.add_argument('--tta', action='store_true',
-                        help='test-time augmentation (config: tta_model, '
-                        'tta_pipeline)')
+                        help='test-time augmentation: the config\'s '
+                        'tta_model and tta_pipeline, else mmdet\'s default '
+                        '(horizontal flip, merged by NMS); not for instance '
+                        'segmentation')
     apis.add_run_arguments(parser)
     return parser.parse_args()
 

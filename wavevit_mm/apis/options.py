@@ -1,7 +1,9 @@
 """The OpenMMLab command-line switches of ``tools/train.py`` and
 ``tools/test.py`` applied to the config: ``--amp``, ``--auto-scale-lr``,
 ``--resume``, ``--out``, ``--show-dir``, ``--tta``. ``--resume`` never
-picks a checkpoint that does not read back."""
+picks a checkpoint that does not read back; ``--tta`` falls back to the
+libraries' own defaults where a config has none."""
+import copy
 import logging
 import os
 import os.path as osp
@@ -9,12 +11,12 @@ import re
 from typing import List, Optional, Tuple
 
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..errors import ConfigError, one_paragraph
-from .config import find_typed, scope_of
+from .config import find_typed, scope_of, walk
 
 
 def apply_train_options(cfg: Config, amp: bool = False,
@@ -156,9 +158,78 @@ def apply_test_options(cfg: Config, checkpoint: str,
             cfg.test_evaluator['output_dir'] = out
             cfg.test_evaluator['keep_results'] = True
     if tta:
-        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-            raise ConfigError('--tta needs tta_model and tta_pipeline in the '
-                              'config')
-        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-        cfg.tta_model.module = cfg.model
-        cfg.model = cfg.tta_model
+        use_tta(cfg, scope)
+
+
+#: What mmdet's ``tools/test.py --tta`` (3.3) uses where a config has no
+#: ``tta_model``: the predictions of the augmented images merged by NMS.
+MMDET_TTA_MODEL = dict(
+    type='DetTTAModel',
+    tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+#: ... and where it has no ``tta_pipeline``: the test pipeline with its last
+#: step replaced by this one, each image tested as it is and flipped.
+MMDET_FLIP_TTA = dict(
+    type='TestTimeAug',
+    transforms=[
+        [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+        [dict(type='PackDetInputs',
+              meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                         'scale_factor', 'flip', 'flip_direction'))],
+    ])
+#: mmseg's ``tta_model`` (``mmseg::_base_/default_runtime.py``), which its
+#: ``tools/test.py --tta`` expects every config to inherit.
+MMSEG_TTA_MODEL = dict(type='SegTTAModel')
+
+
+def use_tta(cfg: Config, scope: str) -> None:
+    """``--tta``: test the config's ``tta_model`` on its ``tta_pipeline``,
+    as mmdet's and mmseg's ``tools/test.py --tta`` do, with their defaults
+    where the config has none (said in one log line).
+
+    Instance segmentation is refused: mmdet's ``DetTTAModel`` merges boxes
+    only, so mmdet has no test-time augmentation for masks. mmseg has no
+    default ``tta_pipeline`` (its dataset base configs define one each).
+    """
+    if scope == 'mmdet' and _predicts_masks(cfg.model):
+        raise ConfigError(
+            "--tta: this model predicts instance masks, and mmdet has no "
+            "test-time augmentation for instance segmentation: its "
+            "DetTTAModel merges the boxes of the augmented images only, and "
+            "mmdet's own tools/test.py --tta stops after the first batch "
+            "('TTA of instance segmentation does not support now'). Test it "
+            "without --tta; the box detectors (RetinaNet, ATSS, GFL, Sparse "
+            "R-CNN) support it.")
+    defaults = {}
+    if 'tta_model' not in cfg:
+        cfg.tta_model = copy.deepcopy(
+            MMDET_TTA_MODEL if scope == 'mmdet' else MMSEG_TTA_MODEL)
+        defaults['tta_model'] = str(cfg.tta_model)
+    if 'tta_pipeline' not in cfg:
+        if scope == 'mmseg':
+            raise ConfigError(
+                "--tta needs a tta_pipeline in the config: mmseg's "
+                "tools/test.py has no default for it; its dataset base "
+                "configs (e.g. mmseg::_base_/datasets/ade20k.py) define one "
+                "with the scales and flips of that dataset. Inherit one, or "
+                "write one ending in TestTimeAug.")
+        dataset = cfg.test_dataloader.dataset
+        while 'dataset' in dataset:  # dataset wrappers
+            dataset = dataset.dataset
+        cfg.tta_pipeline = copy.deepcopy(dataset.pipeline)
+        cfg.tta_pipeline[-1] = copy.deepcopy(MMDET_FLIP_TTA)
+        defaults['tta_pipeline'] = ('the test pipeline, its last step '
+                                    'replaced by a horizontal flip '
+                                    'TestTimeAug')
+    if defaults:
+        print_log(f'--tta: the config has no {" and no ".join(defaults)}; '
+                  f"using what {scope}'s tools/test.py --tta uses then: "
+                  + '; '.join(f'{k}={v}' for k, v in defaults.items()),
+                  logger='current')
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+def _predicts_masks(model: dict) -> bool:
+    """Whether an mmdet model config has a mask head anywhere (Mask R-CNN,
+    Cascade Mask R-CNN, SOLO, ...)."""
+    return any(node.get('mask_head') for _, node in walk(model))
