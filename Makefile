@@ -12,7 +12,8 @@ setup: $(STAMP)
 
 # torch first (pinned: an unpinned torch pulls several GB of CUDA wheels),
 # then mmcv 2.1.0 built from source with its compiled ops (about 5-20 min on
-# 2 cores the first time; pip caches the wheel), then the rest.
+# 2 cores the first time; pip caches the wheel), then the rest, with the
+# deploy extra's onnx, onnxscript and onnxruntime for the deployment tests.
 $(STAMP): requirements.txt pyproject.toml setup.py wavevit_mm/ops/csrc/haar.cpp
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -c requirements.txt torch==2.13.0 numpy setuptools opencv-python wheel ninja psutil

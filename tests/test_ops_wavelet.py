@@ -233,3 +233,43 @@ def test_compiled_transforms_match_pytorch_wavelets(implementation,
                              'wavevit_mm.haar_idwt2d.default'}
     else:
         assert operators == set()
+
+class HaarRoundTrip(torch.nn.Module):
+    """A DWT and the IDWT of its bands, cropped back to the input size."""
+
+    def __init__(self):
+        super().__init__()
+        self.dwt, self.idwt = DWT2D(), IDWT2D()
+
+    def forward(self, x):
+        bands = self.dwt(x)
+        return bands, self.idwt(bands * 2, x.shape[2:])
+
+
+@pytest.mark.slow
+def test_transforms_export_to_onnx_and_run_at_any_size(tmp_path):
+    """Exported once at an even size with dynamic sizes (torch.onnx's
+    default exporter), the transforms run in ONNX Runtime at odd and even
+    sizes as pytorch_wavelets computes them: no custom operator in the
+    file, and the padding and cropping follow the input size."""
+    import onnx
+    import onnxruntime
+    dim = torch.export.Dim
+    path = str(tmp_path / 'haar.onnx')
+    program = torch.export.export(
+        HaarRoundTrip(), (torch.randn(2, 3, 16, 20), ),
+        dynamic_shapes=({0: dim.DYNAMIC, 2: dim.DYNAMIC, 3: dim.DYNAMIC}, ))
+    torch.onnx.export(program, f=path, dynamo=True, input_names=['x'],
+                      output_names=['bands', 'image'])
+    domains = {node.domain for node in onnx.load(path).graph.node}
+    assert not any('wavevit' in domain for domain in domains)
+    session = onnxruntime.InferenceSession(path)
+    for shape in [(2, 3, 16, 20), (1, 3, 7, 9), (3, 3, 33, 46),
+                  (1, 3, 50, 75)]:
+        x = torch.randn(shape)
+        bands, image = session.run(None, {'x': x.numpy()})
+        expected_bands = oracle_dwt(x)
+        torch.testing.assert_close(torch.from_numpy(bands), expected_bands,
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(image), 2 * x,
+                                   atol=1e-5, rtol=1e-5)

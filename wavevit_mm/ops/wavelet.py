@@ -82,14 +82,23 @@ def _butterfly(a: Tensor, b: Tensor, c: Tensor, d: Tensor,
     return first, second, third, fourth
 
 
+def _pad_to_even(x: Tensor) -> Tensor:
+    """Zero-pad an odd height (width) with one row (column) at the bottom
+    (right), to 2 * ceil(H / 2) x 2 * ceil(W / 2). The amounts are computed,
+    never branched on, and written so that an exporter can prove the padded
+    size even for every input size: the exported graph pads correctly at
+    all of them."""
+    height, width = x.shape[2], x.shape[3]
+    return F.pad(x, (0, 2 * ((width + 1) // 2) - width,
+                     0, 2 * ((height + 1) // 2) - height))
+
+
 def _pixel_blocks(x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The top-left, top-right, bottom-left and bottom-right pixels of the
-    2x2 blocks of ``x`` (zero-padded to even sizes), strided views of
-    shape (B, C, ceil(H/2), ceil(W/2))."""
-    batch, channels, height, width = x.shape
-    if height % 2 or width % 2:
-        x = F.pad(x, (0, width % 2, 0, height % 2))
-    blocks = x.unflatten(2, (-1, 2)).unflatten(4, (-1, 2))  # (B, C, h, 2, w, 2)
+    2x2 blocks of ``x`` (even height and width), strided views of shape
+    (B, C, H/2, W/2)."""
+    blocks = x.unflatten(2, (x.shape[2] // 2, 2)).unflatten(
+        4, (x.shape[3] // 2, 2))                          # (B, C, h, 2, w, 2)
     return (blocks[:, :, :, 0, :, 0], blocks[:, :, :, 0, :, 1],
             blocks[:, :, :, 1, :, 0], blocks[:, :, :, 1, :, 1])
 
@@ -108,6 +117,8 @@ def _haar_dwt(x: Tensor) -> Tensor:
         out = x.new_empty(batch, h, w, 4, channels).permute(0, 3, 4, 1, 2)
     else:
         out = x.new_empty(batch, 4, channels, h, w)
+    if height % 2 or width % 2:  # concrete sizes here: even ones not copied
+        x = _pad_to_even(x)
     _butterfly(*_pixel_blocks(x), out=out.unbind(1))
     return out.flatten(1, 2)
 
@@ -157,10 +168,12 @@ def _haar_idwt_sliced(x: Tensor) -> Tensor:
 # the transforms are traced as the element-wise operations below instead of
 # calling the operators: inductor then fuses each with the operations next
 # to it (the BatchNorm and ReLU before the DWT, the concatenation after the
-# IDWT) and derives the gradients.
+# IDWT) and derives the gradients. An export (torch.export, and so
+# torch.onnx's exporter) always takes this form, which any runtime can run:
+# slices, additions, padding and a crop whose amounts follow the input size.
 
 def _haar_dwt_traced(x: Tensor) -> Tensor:
-    return torch.cat(_butterfly(*_pixel_blocks(x)), dim=1)
+    return torch.cat(_butterfly(*_pixel_blocks(_pad_to_even(x))), dim=1)
 
 
 def _haar_idwt_traced(x: Tensor, size: Optional[Tuple[int, int]]
@@ -227,8 +240,16 @@ _idwt_op.register_autograd(lambda ctx, grad: (_dwt_op(grad), None),
                            setup_context=lambda ctx, inputs, output: None)
 
 
+def _exporting() -> bool:
+    """Whether the network is being exported: torch.export (what
+    ``torch.onnx.export`` runs by default) or the TorchScript-based ONNX
+    exporter."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
 def _traced(x: Tensor) -> bool:
-    return torch.compiler.is_compiling() and not _use_compiled(x)
+    return _exporting() or (torch.compiler.is_compiling()
+                            and not _use_compiled(x))
 
 
 def haar_dwt2d(x: Tensor) -> Tensor:
@@ -242,6 +263,11 @@ def haar_idwt2d(x: Tensor, size: Optional[Tuple[int, int]] = None
                 ) -> Tensor:
     """Haar inverse DWT: (B, 4C, h, w) -> (B, C, 2h, 2w), or cropped to
     ``size`` = (H, W) of the DWT input (each side 2n or 2n - 1)."""
+    if _exporting():
+        # an exported graph gets its sizes from the network; an exporter
+        # cannot prove the bounds of the check for every input size, and
+        # would fix the size of the graph instead
+        return _haar_idwt_traced(x, size)
     _check_idwt_size(x, size)
     if _traced(x):
         return _haar_idwt_traced(x, size)
