@@ -1,7 +1,8 @@
 """wavevit_mm.engine.hooks, on a small model trained by mmengine's Runner:
 checkpoints that survive a failed write or a full disk, exact resumption,
 a stop at the first non-finite loss or weight, a refused checkpoint of
-another model, and one training run per work dir."""
+another model, fine-tuning from what fits of one, and one training run
+per work dir."""
 import os
 import random
 import re
@@ -207,7 +208,9 @@ def test_last_checkpoint_is_replaced_never_rewritten_in_place(tmp_path):
 def test_checkpoint_of_another_model_is_refused_before_training(tmp_path,
                                                                 resume):
     """mmengine loads with strict=False: it would train a model that is
-    partly the file's and partly random."""
+    partly the file's and partly random. Resuming needs the exact model;
+    a start for fine-tuning at least half of its weights (here 1 of 11
+    fits)."""
     train(make_runner(tmp_path / 'first', max_epochs=1))
     checkpoint = tmp_path / 'first' / 'epoch_1.pth'
     runner = make_runner(tmp_path / 'second', model=Noisy(outputs=2),
@@ -219,10 +222,85 @@ def test_checkpoint_of_another_model_is_refused_before_training(tmp_path,
         f'{checkpoint} does not fit the model built from the config: 2 have '
         f'another shape (e.g. linear.bias: (1,) in the file, (2,) in the '
         f'model). It was not used. Pass a checkpoint saved by training this '
-        f'config.')
+        f'config.' if resume else
+        f'{checkpoint} cannot start this model: only 9% of its weights (1 of '
+        f'3 tensors) have a tensor of that name and shape in the file, under '
+        f'the 50% that a checkpoint to fine-tune from shares with the model '
+        f'(a detector of the same config on other classes differs in its '
+        f'class-specific layers only, a few percent): it is a checkpoint of '
+        f'another model. Nothing was loaded. To start from backbone weights '
+        f'alone, use model.backbone.init_cfg.checkpoint.')
     assert runner.iter == 0 and not list((tmp_path / 'second').glob('*.pth'))
     after = runner.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class Classifier(BaseModel):
+    """A backbone and a head for ``classes`` classes, as a detector."""
+
+    def __init__(self, classes, width=8):
+        super().__init__()
+        self.backbone = nn.Linear(4, width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        out = self.head(self.backbone(inputs))
+        return dict(loss=out.pow(2).mean()) if mode == 'loss' else out
+
+
+class WeightsAtStart(Hook):
+    """The model's weights when training starts, after loading."""
+
+    def before_train(self, runner):
+        self.weights = {k: v.clone()
+                        for k, v in runner.model.state_dict().items()}
+
+
+def test_load_from_fine_tunes_what_fits_and_reports_the_rest(tmp_path,
+                                                            capsys):
+    """A 3-class model's checkpoint starts a 2-class one: the backbone is
+    loaded, the head keeps its initial weights, one block says so."""
+    train(make_runner(tmp_path / 'first', max_epochs=1,
+                      model=Classifier(classes=3)))
+    checkpoint = tmp_path / 'first' / 'epoch_1.pth'
+    torch.manual_seed(1)
+    model = Classifier(classes=2)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    runner = make_runner(tmp_path / 'second', max_epochs=1, model=model,
+                         load_from=str(checkpoint))
+    start = WeightsAtStart()
+    runner.register_hook(start)
+    train(runner)
+    saved = weights(checkpoint)
+    for key in ('backbone.weight', 'backbone.bias'):
+        assert torch.equal(start.weights[key], saved[key])
+    for key in ('head.weight', 'head.bias'):
+        assert torch.equal(start.weights[key], initial[key])
+    output = capsys.readouterr().out
+    assert (
+        f"load_from {checkpoint}: 2 of the model's 4 tensors loaded (69.0% "
+        f"of its weights); not loaded (the model keeps the values its "
+        f"config initialised; tensors in the file only are ignored):\n"
+        f"  head: 2 tensors of another shape (weight: (3, 8) in the file, "
+        f"(2, 8) in the model)\n") in output
+    assert 'do not match exactly' not in output  # mmengine's own warning
+
+
+def test_load_from_with_another_backbone_is_refused(tmp_path):
+    train(make_runner(tmp_path / 'first', max_epochs=1,
+                      model=Classifier(classes=2)))
+    checkpoint = tmp_path / 'first' / 'epoch_1.pth'
+    runner = make_runner(tmp_path / 'second', max_epochs=1,
+                         model=Classifier(classes=2, width=6),
+                         load_from=str(checkpoint))
+    with pytest.raises(CheckpointError) as error:
+        train(runner)
+    assert str(error.value).startswith(
+        f'{checkpoint} does not fit the backbone built from the config: 2 '
+        f'have another shape (e.g. bias: (8,) in the file, (6,) in the '
+        f'backbone).')
+    assert 'Nothing was loaded' in str(error.value)
+    assert runner.iter == 0
 
 
 # ------------------------------------------- real processes: locks, limits

@@ -107,14 +107,22 @@ def test_load_from_reads_an_mmengine_checkpoint(toy_workspace,
 RETINANET_CONFIG = DET_CONFIG.replace('mask_rcnn', 'retinanet')
 
 
-@pytest.mark.parametrize('how,config,options', [
-    ('--resume', DET_CONFIG, ['model.roi_head.bbox_head.num_classes=4']),
-    ('load_from', RETINANET_CONFIG, []),
-], ids=['resume_other_number_of_classes', 'load_from_other_head'])
+@pytest.mark.parametrize('how,config,options,refusal', [
+    ('--resume', DET_CONFIG, ['model.roi_head.bbox_head.num_classes=4'],
+     ('does not fit the model built from the config: ',
+      'It was not used. Pass a checkpoint saved by training this config.')),
+    ('load_from', RETINANET_CONFIG, ['model.backbone.arch.depths=[1,1,1,1]'],
+     ('does not fit the backbone built from the config: ',
+      'Nothing was loaded: fine-tuning starts from a checkpoint with the '
+      'same backbone.')),
+], ids=['resume_other_number_of_classes', 'load_from_other_backbone'])
 def test_checkpoint_of_another_model_stops_before_training(
-        toy_workspace, uninterrupted, tmp_path, how, config, options):
+        toy_workspace, uninterrupted, tmp_path, how, config, options,
+        refusal):
     """mmengine loads with strict=False and would train a model partly
-    loaded, partly random; the run stops with one paragraph instead."""
+    loaded, partly random; the run stops with one paragraph instead:
+    --resume needs the model the checkpoint was saved from, load_from at
+    least its backbone (fine-tuning, tests/test_tools_workflows.py)."""
     checkpoint = uninterrupted[0] / 'epoch_2.pth'
     args = ['--resume', str(checkpoint)] if how == '--resume' else []
     options = options + ([f'load_from={checkpoint}']
@@ -125,10 +133,8 @@ def test_checkpoint_of_another_model_stops_before_training(
     assert result.returncode == 1, result.stderr[-3000:]
     assert 'Traceback' not in result.stderr
     message = result.stderr.strip().split('\n')[-1]
-    assert message.startswith(f'train.py: error: {checkpoint} does not fit '
-                              f'the model built from the config: ')
-    assert message.endswith('It was not used. Pass a checkpoint saved by '
-                            'training this config.')
+    assert message.startswith(f'train.py: error: {checkpoint} {refusal[0]}')
+    assert message.endswith(refusal[1])
     assert 'Epoch(train)' not in result.stdout
     assert not list(tmp_path.glob('*.pth'))
 

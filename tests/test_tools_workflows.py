@@ -1,8 +1,9 @@
 """What an mmdet/mmseg user does with a trained model, through the real
 tools on the toy sets: publish it and load it where wavevit_mm is never
 imported (mmdet's DetInferencer with and without a config, mmdet's
-tools/test.py, ours), and test it with test-time augmentation, ours
-against mmdet's and mmseg's own ``tools/test.py --tta``."""
+tools/test.py, ours), test it with test-time augmentation, ours against
+mmdet's and mmseg's own ``tools/test.py --tta``, and fine-tune it on other
+classes."""
 import glob
 import os
 import pickle
@@ -159,3 +160,38 @@ def test_mmsegs_test_py_and_ours_agree_with_tta(toy_workspace, tmp_path):
     assert len(our_maps) == 4 and our_maps.keys() == their_maps.keys()
     for name, label_map in our_maps.items():
         assert np.array_equal(label_map, their_maps[name])
+
+
+FINE_TUNING = """
+_base_ = [{base!r}]
+load_from = {checkpoint!r}
+metainfo = dict(classes=('circle', 'square'),
+                palette=[(220, 60, 50), (60, 190, 70)])
+model = dict(bbox_head=dict(num_classes=2))
+train_dataloader = dict(dataset=dict(metainfo=metainfo))
+val_dataloader = dict(dataset=dict(metainfo=metainfo))
+test_dataloader = val_dataloader
+"""
+
+
+def test_fine_tuning_the_detector_on_other_classes(toy_workspace, trained,
+                                                   tmp_path):
+    """The README's fine-tuning config: the 3-class detector starts a
+    2-class one. Everything but the classifier is loaded; one block says
+    what was not, and why."""
+    config = tmp_path / 'retinanet_toy_two_classes.py'
+    config.write_text(FINE_TUNING.format(base=RETINANET, checkpoint=trained))
+    output = run([tool('train.py'), config, '--work-dir', tmp_path / 'work',
+                  '--auto-scale-lr', '--cfg-options',
+                  'train_cfg.max_epochs=1', 'train_cfg.val_interval=100',
+                  'param_scheduler.0.end=2'], toy_workspace)
+    loaded = re.search(rf"load_from {re.escape(trained)}: (\d+) of the "
+                       rf"model's (\d+) tensors loaded \((\d+\.\d)% of its "
+                       rf"weights\); not loaded", output)
+    assert loaded, output[-3000:]
+    assert int(loaded[2]) - int(loaded[1]) == 2 and float(loaded[3]) > 99
+    assert ('  bbox_head.retina_cls: 2 tensors of another shape (weight: '
+            '(27, 64, 3, 3) in the file, (18, 64, 3, 3) in the model)\n'
+            '  The file was trained on 3 classes (circle, square, triangle), '
+            'this run on 2 (circle, square).') in output
+    assert (tmp_path / 'work' / 'epoch_1.pth').is_file()

@@ -18,9 +18,10 @@ safeguard_custom_hooks = [
     # one training run per work dir: a second one is refused, naming the
     # first (pid, host, since when); a killed run's lock is taken over
     dict(type='WorkDirLockHook'),
-    # a checkpoint to resume or load from must fit the model exactly
-    # (mmengine would load the part that fits and train the rest from
-    # scratch)
+    # a checkpoint to resume from must fit the model exactly; one to
+    # fine-tune from (load_from) loads every tensor that fits, reported by
+    # module, unless its backbone does not fit or under half of the model
+    # would load (mmengine would load any part that fits, with warnings)
     dict(type='CheckpointFitHook'),
     # reseed every epoch from (seed, epoch): a resumed run repeats the
     # uninterrupted one

@@ -1,6 +1,7 @@
 """State-dict surgery: where the weights sit in a loaded checkpoint, key
-prefixes, and whether a state dict fits a module exactly."""
-from typing import Any, Dict, List, Optional, Tuple
+prefixes, whether a state dict fits a module exactly, and which of its
+tensors load into one by name and shape."""
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from torch import Tensor
 
@@ -84,3 +85,68 @@ def fit_problems(state_dict: Dict[str, Tensor], own: Dict[str, Tensor],
             f'{tuple(state_dict[key].shape)} in the file, '
             f'{tuple(own[key].shape)} in the {target})')
     return problems
+
+
+class PartialFit(NamedTuple):
+    """How a state dict loads into a module by name and shape: the keys
+    that load, and the ones that do not (missing from the file, in the
+    file only, of another shape)."""
+    loaded: List[str]
+    missing: List[str]
+    unexpected: List[str]
+    mismatched: List[str]
+    #: the share of the module's weights (elements) the loaded keys hold
+    loaded_share: float
+
+
+def partial_fit(state_dict: Dict[str, Tensor],
+                own: Dict[str, Tensor]) -> PartialFit:
+    """Which entries of ``state_dict`` load into a module with state dict
+    ``own`` when every tensor whose name and shape fit is taken."""
+    common = [k for k in own if k in state_dict]
+    loaded = [k for k in common if own[k].shape == state_dict[k].shape]
+    total = sum(v.numel() for v in own.values())
+    share = sum(own[k].numel() for k in loaded) / total if total else 0.
+    return PartialFit(
+        loaded=loaded,
+        missing=[k for k in own if k not in state_dict],
+        unexpected=[k for k in state_dict if k not in own],
+        mismatched=[k for k in common if k not in set(loaded)],
+        loaded_share=share)
+
+
+def skipped_by_module(fit: PartialFit, state_dict: Dict[str, Tensor],
+                      own: Dict[str, Tensor], limit: int = 20) -> List[str]:
+    """One line per module with entries that do not load, e.g.
+    ``bbox_head.retina_cls: 2 tensors of another shape (weight: (27, 64,
+    3, 3) in the file, (18, 64, 3, 3) in the model)``."""
+    groups: Dict[str, Dict[str, List[str]]] = {}
+    for kind, keys in (('shape', fit.mismatched), ('missing', fit.missing),
+                       ('unexpected', fit.unexpected)):
+        for key in keys:
+            module, _, name = key.rpartition('.')
+            groups.setdefault(module or '(top level)', {}).setdefault(
+                kind, []).append(name)
+    lines = []
+    for module, kinds in groups.items():
+        phrases = []
+        if 'shape' in kinds:
+            name = kinds['shape'][0]
+            key = f'{module}.{name}'
+            phrases.append(
+                f'{_tensors(kinds["shape"])} of another shape ({name}: '
+                f'{tuple(state_dict[key].shape)} in the file, '
+                f'{tuple(own[key].shape)} in the model)')
+        if 'missing' in kinds:
+            phrases.append(f'{_tensors(kinds["missing"])} not in the file')
+        if 'unexpected' in kinds:
+            phrases.append(f'{_tensors(kinds["unexpected"])} in the file '
+                           f'only')
+        lines.append(f'{module}: {"; ".join(phrases)}')
+    if len(lines) > limit:
+        lines = lines[:limit] + [f'... and {len(lines) - limit} more modules']
+    return lines
+
+
+def _tensors(names: List[str]) -> str:
+    return f'{len(names)} tensor{"s" if len(names) > 1 else ""}'

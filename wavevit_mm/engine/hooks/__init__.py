@@ -5,8 +5,10 @@ shipped configs name them (``configs/_base_/safeguards.py``), so
 * :class:`AtomicCheckpointHook` -- mmengine's CheckpointHook, but a
   checkpoint file (and ``last_checkpoint``) only ever appears complete,
   and older ones are deleted only once the new one is in place.
-* :class:`CheckpointFitHook` -- a checkpoint to resume or load from must
-  fit the model exactly; mmengine would load the part that fits.
+* :class:`CheckpointFitHook` -- a checkpoint to resume from must fit the
+  model exactly; one to fine-tune from (``load_from``) loads what fits,
+  reported by module, unless its backbone does not fit or under half of
+  the model would load; mmengine would load any part that fits.
 * :class:`WorkDirLockHook` -- one training run per work dir.
 * :class:`EpochSeedHook` -- reseeds at every epoch start from (seed, epoch),
   so a run resumed from an epoch checkpoint repeats the uninterrupted run.

@@ -1,27 +1,35 @@
-"""A checkpoint to resume or load from must fit the model exactly;
-mmengine would load the part that fits."""
-from typing import Dict
+"""A checkpoint to resume from, or to test, must fit the model exactly; one
+to fine-tune from (``load_from`` of a training run) loads what fits, within
+limits, and the rest is reported. mmengine would load the part that fits
+and only log warnings."""
+import logging
+from typing import Any, Dict, List, Optional
 
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.optim import OptimWrapper, OptimWrapperDict
 from mmengine.registry import HOOKS
 from mmengine.runner import find_latest_checkpoint
 
 from ...checkpoint import CheckpointError, unwrap_state_dict
-from ...models.pretrained import check_fits
+from ...models.pretrained import check_fits, fit_for_fine_tuning
 
 
 @HOOKS.register_module()
 class CheckpointFitHook(Hook):
-    """Refuse a checkpoint to resume or load from (``--resume``,
-    ``load_from``) that does not fit the model exactly.
+    """Check a checkpoint the Runner loads against the model, before any of
+    it reaches the model (the file is not deserialized a second time).
 
-    mmengine loads it with ``strict=False``: a file of another arch, head
-    or number of classes only logs warnings, and the run trains (or tests)
-    a model that is partly the file's and partly random. The check
-    (:func:`~wavevit_mm.models.pretrained.check_fits`, the one
-    ``tools/test.py`` and the backbone loader use) runs on the checkpoint
-    mmengine has just read, before any of it reaches the model, so the
-    file is not deserialized a second time.
+    * ``--resume`` (it continues the same run) and testing: the file must
+      fit exactly (:func:`~wavevit_mm.models.pretrained.check_fits`, the
+      check ``tools/test.py`` and the backbone loader use).
+    * ``load_from`` of a training run (fine-tuning, e.g. a COCO detector
+      on a dataset with other classes): every tensor whose name and shape
+      fit is loaded, the others keep the values the config initialised, and
+      one log block lists them by module. It is refused when the backbone
+      does not fit or when under half of the model's weights would come
+      from the file (:func:`~wavevit_mm.models.pretrained.
+      fit_for_fine_tuning`).
     """
 
     priority = 'VERY_HIGH'  # before EMAHook and others use the checkpoint
@@ -29,10 +37,70 @@ class CheckpointFitHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: Dict) -> None:
         filename = _loaded_file(runner)
         try:
-            state_dict = unwrap_state_dict(checkpoint)[0]
+            state_dict, entry = unwrap_state_dict(checkpoint)
         except CheckpointError as error:
             raise CheckpointError(f'{filename} {error}.') from None
-        check_fits(state_dict, runner.model, filename)
+        # the Runner says whether it resumes only in the private _resume,
+        # which mmengine's own EMAHook reads as well
+        if runner._resume or not _trains(runner):
+            check_fits(state_dict, runner.model, filename)
+            return
+        start = fit_for_fine_tuning(state_dict, runner.model, filename)
+        print_log(_report(filename, start, _classes(checkpoint, runner)),
+                  logger='current',
+                  level=logging.WARNING if start.skipped else logging.INFO)
+        # mmengine loads what it finds under 'state_dict', else the whole
+        # checkpoint: now exactly the model's keys, nothing to warn about
+        if entry is None:
+            checkpoint.clear()
+            checkpoint.update(start.weights)
+        else:
+            checkpoint['state_dict'] = start.weights
+
+
+def _trains(runner) -> bool:
+    """Whether the Runner is setting up training: ``Runner.train`` builds
+    the optimizer wrapper before it loads a checkpoint; testing and
+    validating never build it."""
+    return isinstance(runner.optim_wrapper, (OptimWrapper, OptimWrapperDict))
+
+
+def _classes(checkpoint: Dict, runner) -> Optional[str]:
+    """The class names of the file and of the training set, when both are
+    known and differ."""
+    meta = checkpoint.get('meta')
+    theirs = (meta or {}).get('dataset_meta', {}).get('classes') \
+        if isinstance(meta, dict) else None
+    ours = getattr(runner.train_dataloader.dataset, 'metainfo',
+                   {}).get('classes')
+    if not theirs or not ours or list(theirs) == list(ours):
+        return None
+    return (f'The file was trained on {len(theirs)} classes '
+            f'({_names(theirs)}), this run on {len(ours)} '
+            f'({_names(ours)}).')
+
+
+def _names(classes: Any, shown: int = 6) -> str:
+    names: List[str] = [str(name) for name in classes]
+    more = f', ... ({len(names) - shown} more)' if len(names) > shown else ''
+    return ', '.join(names[:shown]) + more
+
+
+def _report(filename: str, start, classes: Optional[str]) -> str:
+    """The one block that says what a fine-tuning start loaded."""
+    fit = start.fit
+    total = len(fit.loaded) + len(fit.missing) + len(fit.mismatched)
+    head = (f'load_from {filename}: {len(fit.loaded)} of the model\'s '
+            f'{total} tensors loaded ({fit.loaded_share:.1%} of its '
+            f'weights)')
+    if not start.skipped:
+        return head + '.'
+    lines = [head + '; not loaded (the model keeps the values its config '
+             'initialised; tensors in the file only are ignored):']
+    lines += [f'  {line}' for line in start.skipped]
+    if classes:
+        lines.append(f'  {classes}')
+    return '\n'.join(lines)
 
 
 def _loaded_file(runner) -> str:
