@@ -93,7 +93,8 @@ def backbone_table(names: Sequence[str], batch_sizes: Sequence[int],
 
 
 def print_backbone_table(rates: Dict[str, float], rows: List[Dict]) -> None:
-    print('matmul rate (4096^3): ' + ', '.join(
+    print('matmul rate (4096^3, or smaller where a call would take over '
+          '2 s): ' + ', '.join(
         f'{dtype} {rate / 1e12:.2f} TFLOP/s' for dtype, rate in rates.items()))
     print_markdown(
         ['backbone', 'dtype', 'batch', 'latency min (ms)', 'median (ms)',

@@ -94,12 +94,19 @@ def time_call(fn: Callable[[], object], repeat: int, device: torch.device,
 
 
 def matmul_rate(device: torch.device, dtype: str = 'fp32', size: int = 4096,
-                repeat: int = 5) -> float:
-    """FLOP/s of a size^3 matmul in ``dtype`` (as :func:`precision`), best
-    of ``repeat``: the yardstick of a row's "of matmul rate"."""
+                repeat: int = 5, seconds: float = 2.0) -> float:
+    """FLOP/s of an n^3 matmul in ``dtype`` (as :func:`precision`), best
+    of ``repeat``: the yardstick of a row's "of matmul rate". n doubles
+    from 256 up to ``size`` unless a call of the next size would take over
+    ``seconds``, as bf16 does on a CPU without bfloat16 instructions (a
+    hundred times slower than fp32 there)."""
     tensor_dtype = _AUTOCAST.get(dtype, torch.float32)
-    a = torch.randn(size, size, device=device, dtype=tensor_dtype)
-    b = torch.randn(size, size, device=device, dtype=tensor_dtype)
-    with precision(dtype, device):
-        best = min(time_call(lambda: a @ b, repeat, device))
-    return 2 * size**3 / best
+    n = 256
+    while True:
+        a = torch.randn(n, n, device=device, dtype=tensor_dtype)
+        b = torch.randn(n, n, device=device, dtype=tensor_dtype)
+        with precision(dtype, device):
+            best = min(time_call(lambda: a @ b, repeat, device))
+        if n >= size or 8 * best > seconds:
+            return 2 * n**3 / best
+        n *= 2
