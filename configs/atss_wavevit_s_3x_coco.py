@@ -32,7 +32,6 @@ param_scheduler = {{_base_.param_scheduler_3x}}
 optim_wrapper = {{_base_.optim_wrapper_3x}}
 auto_scale_lr = dict(base_batch_size=16)
 
-# atomic checkpoints, per-epoch seeds, non-finite loss stop, label map
-# check: see _base_/safeguards.py
+# atomic checkpoints, work-dir lock, checkpoint fit, per-epoch seeds,
+# non-finite loss stop, label map check: see _base_/safeguards.py
 default_hooks = {{_base_.safeguard_default_hooks}}
-custom_hooks = {{_base_.safeguard_custom_hooks}}

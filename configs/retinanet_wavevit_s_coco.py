@@ -29,7 +29,6 @@ optim_wrapper = dict(
 train_dataloader = dict(batch_size=2)  # x 8 GPUs
 auto_scale_lr = dict(base_batch_size=16)
 
-# atomic checkpoints, per-epoch seeds, non-finite loss stop, label map
-# check: see _base_/safeguards.py
+# atomic checkpoints, work-dir lock, checkpoint fit, per-epoch seeds,
+# non-finite loss stop, label map check: see _base_/safeguards.py
 default_hooks = {{_base_.safeguard_default_hooks}}
-custom_hooks = {{_base_.safeguard_custom_hooks}}

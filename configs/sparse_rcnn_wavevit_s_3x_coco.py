@@ -25,7 +25,6 @@ optim_wrapper = dict(optimizer=dict(lr=2e-5, weight_decay=1e-4),
 train_dataloader = dict(batch_size=1)  # x 8 GPUs
 auto_scale_lr = dict(base_batch_size=8)
 
-# atomic checkpoints, per-epoch seeds, non-finite loss stop, label map
-# check: see _base_/safeguards.py
+# atomic checkpoints, work-dir lock, checkpoint fit, per-epoch seeds,
+# non-finite loss stop, label map check: see _base_/safeguards.py
 default_hooks = {{_base_.safeguard_default_hooks}}
-custom_hooks = {{_base_.safeguard_custom_hooks}}

@@ -49,7 +49,6 @@ train_dataloader = dict(
     sampler=dict(type='ResumableInfiniteSampler'))
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 
-# atomic checkpoints, per-epoch seeds, non-finite loss stop, label map
-# check: see _base_/safeguards.py
+# atomic checkpoints, work-dir lock, checkpoint fit, per-epoch seeds,
+# non-finite loss stop, label map check: see _base_/safeguards.py
 default_hooks = {{_base_.safeguard_default_hooks}}
-custom_hooks = {{_base_.safeguard_custom_hooks}}

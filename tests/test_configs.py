@@ -117,8 +117,12 @@ def test_paper_config_recipe(name):
 
 # ------------------------------------------------------- safeguard hooks
 
-SAFEGUARD_HOOKS = ['WorkDirLockHook', 'CheckpointFitHook', 'EpochSeedHook',
-                   'FiniteCheckHook', 'LabelMapCheckHook']
+#: default_hooks key -> type of the safeguards besides the checkpoint hook
+SAFEGUARDS = dict(work_dir_lock='WorkDirLockHook',
+                  checkpoint_fit='CheckpointFitHook',
+                  epoch_seed='EpochSeedHook', finite_check='FiniteCheckHook',
+                  label_map_check='LabelMapCheckHook')
+SAFEGUARD_HOOKS = list(SAFEGUARDS.values())
 # The checkpoint hook each config inherits, (interval, by_epoch,
 # max_keep_ckpts): mmdet's default_runtime saves every epoch, mmseg's 160k
 # schedule every 16000 iterations; the toy configs save twice a run and
@@ -145,15 +149,17 @@ def test_config_states_the_safeguard_hooks(path):
     assert (checkpoint.interval, checkpoint.get('by_epoch', True),
             checkpoint.get('max_keep_ckpts', -1)) == \
         inherited_checkpoint(path, cfg)
-    assert [hook.type for hook in cfg.custom_hooks] == SAFEGUARD_HOOKS
+    assert {key: cfg.default_hooks[key].type for key in SAFEGUARDS} == \
+        SAFEGUARDS
+    assert not cfg.get('custom_hooks') and \
+        cfg.runner_type == 'SafeguardedRunner'
     # what print(cfg.pretty_text) shows, and what a run from the dumped
     # config (mmengine writes it to the work dir) gets
     text = cfg.pretty_text
     for name in ['AtomicCheckpointHook'] + SAFEGUARD_HOOKS:
         assert f"type='{name}'" in text
     dumped = Config.fromstring(text, '.py')
-    assert dumped.default_hooks.checkpoint == checkpoint
-    assert dumped.custom_hooks == cfg.custom_hooks
+    assert dumped.default_hooks == cfg.default_hooks
 
 
 @pytest.mark.parametrize('path', [
@@ -164,11 +170,11 @@ def test_config_states_the_safeguard_hooks(path):
 ], ids=os.path.basename)
 def test_runner_from_a_config_has_the_safeguard_hooks(path, tmp_path):
     from mmengine.hooks import CheckpointHook
-    from mmengine.runner import Runner
+    from mmengine.registry import RUNNERS
 
     cfg = Config.fromfile(path)
     cfg.work_dir = str(tmp_path)
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     names = [type(hook).__name__ for hook in runner.hooks]
     assert all(names.count(name) == 1 for name in SAFEGUARD_HOOKS), names
     [checkpoint] = [h for h in runner.hooks if isinstance(h, CheckpointHook)]
@@ -294,3 +300,53 @@ def test_gfl_training_images_never_exceed_1200_on_the_longer_side():
             results = step(results)
         longest.append(max(results['img'].shape[:2]))
     assert max(longest) == 1200
+
+
+USERS_OVERRIDES = """
+_base_ = [{base!r}]
+custom_hooks = [dict(type='EMAHook')]
+default_hooks = dict(checkpoint=dict(interval=2){removal})
+"""
+
+
+def derived_config(tmp_path, removal=''):
+    path = tmp_path / 'derived.py'
+    path.write_text(USERS_OVERRIDES.format(
+        base=os.path.join(ROOT, 'projects', 'toy_shapes', 'configs',
+                          'retinanet_wavevit_toy_coco.py'), removal=removal))
+    cfg = Config.fromfile(str(path))
+    cfg.work_dir = str(tmp_path / 'work')
+    return cfg
+
+
+def test_safeguards_survive_custom_hooks_and_default_hook_changes(tmp_path):
+    """The usual mmdet overrides: an EMAHook in custom_hooks, another
+    checkpoint interval; the safeguards stay, in the config and the run."""
+    from mmengine.registry import RUNNERS
+
+    cfg = derived_config(tmp_path)
+    text = cfg.pretty_text
+    for name in ['AtomicCheckpointHook', 'EMAHook'] + SAFEGUARD_HOOKS:
+        assert f"type='{name}'" in text
+    assert cfg.default_hooks.checkpoint.interval == 2
+    names = [type(hook).__name__ for hook in RUNNERS.build(cfg).hooks]
+    for name in ['AtomicCheckpointHook', 'EMAHook'] + SAFEGUARD_HOOKS:
+        assert names.count(name) == 1, names
+
+
+def test_a_safeguard_set_to_none_is_dropped_with_one_log_line(tmp_path,
+                                                              capsys):
+    """mmengine's Runner asserts on None for a default hook it does not
+    know; SafeguardedRunner drops it and says so."""
+    from mmengine.registry import RUNNERS
+
+    cfg = derived_config(tmp_path, removal=', work_dir_lock=None')
+    assert cfg.default_hooks.work_dir_lock is None
+    names = [type(hook).__name__ for hook in RUNNERS.build(cfg).hooks]
+    assert 'WorkDirLockHook' not in names
+    assert all(names.count(name) == 1 for name in SAFEGUARD_HOOKS[1:])
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if 'Safeguards switched off' in line]
+    assert len(lines) == 1 and lines[0].endswith(
+        'Safeguards switched off in default_hooks: work_dir_lock (one '
+        'training run per work dir).')

@@ -1,6 +1,7 @@
 """Evaluate a checkpoint of a detector or segmentor on its test set."""
 import argparse
 
+from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from wavevit_mm import apis
@@ -36,7 +37,9 @@ def main():
         apis.apply_test_options(cfg, args.checkpoint, args.out,
                                 args.show_dir, args.tta)
         apis.setup_cpu_distributed(cfg, args.launcher)
-        runner = Runner.from_cfg(cfg)
+        # the config's runner_type (SafeguardedRunner), as mmdet's tools
+        runner = (RUNNERS.build(cfg) if 'runner_type' in cfg
+                  else Runner.from_cfg(cfg))
         apis.check_model_fits(weights, runner.model, args.checkpoint)
         del weights
         runner.test()

@@ -1,6 +1,7 @@
 """Train a detector or segmentor from an mmdet/mmseg config."""
 import argparse
 
+from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from wavevit_mm import apis
@@ -37,7 +38,9 @@ def main():
         apis.apply_train_options(cfg, args.amp, args.auto_scale_lr,
                                  args.resume, args.compile)
         apis.setup_cpu_distributed(cfg, args.launcher)
-        runner = Runner.from_cfg(cfg)
+        # the config's runner_type (SafeguardedRunner), as mmdet's tools
+        runner = (RUNNERS.build(cfg) if 'runner_type' in cfg
+                  else Runner.from_cfg(cfg))
         runner.train()
     apis.shut_down_distributed()
 
