@@ -249,13 +249,16 @@ def test_benchmark_json_holds_every_figure_of_the_run(tmp_path):
         [sys.executable, os.path.join(RIG, 'benchmark.py'), '--device', 'cpu',
          '--backbones', 'Wave-ViT-S', '--shape', '64', '64',
          '--batch-size', '2', '1', '--dtypes', 'fp32', 'bf16', '--repeat',
-         '1', '--skip-wavelets', '--train-step-shape', '1', '64', '64',
+         '1', '--wavelet-shape', '1', '4', '16', '24',
+         '--train-step-shape', '1', '64', '64',
          '--count-ops', '--count-shape', '1', '3', '64', '64', '--json',
          str(out)], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     figures = json.loads(out.read_text())
     assert figures['environment']['torch'] == torch.__version__
     assert set(figures['matmul_rates']) == {'fp32', 'bf16'}
+    (haar, ) = figures['wavelets']
+    assert haar['shape'] == [1, 4, 16, 24] and haar['max_abs_diff'] < 1e-6
     rows = figures['backbones']
     assert sorted((r['dtype'], r['batch']) for r in rows) == [
         ('bf16', 1), ('bf16', 2), ('fp32', 1), ('fp32', 2)]

@@ -57,6 +57,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         'the backbone compiled, as tools/train.py --compile')
     parser.add_argument('--skip-wavelets', action='store_true',
                         help='leave out the DWT/IDWT table')
+    parser.add_argument('--wavelet-shape', dest='wavelet_shapes', type=int,
+                        nargs=4, action='append', metavar=('B', 'C', 'H', 'W'),
+                        help='an input of the DWT/IDWT table, repeated for '
+                        'several (default: the three of the README)')
     parser.add_argument('--skip-backbones', action='store_true',
                         help='leave out the backbone latency table')
     parser.add_argument('--train-config', default=None,
@@ -107,7 +111,8 @@ def run(args: argparse.Namespace) -> None:
             args.backbones or backbones.DEFAULT_BACKBONES)
 
     if not args.skip_wavelets:
-        rows = haar.wavelet_table(haar.SHAPES, max(args.repeat, 50), device)
+        rows = haar.wavelet_table(args.wavelet_shapes or haar.SHAPES,
+                                  max(args.repeat, 50), device)
         haar.print_wavelet_table(rows)
         record(wavelets=rows)
     if args.train_config:

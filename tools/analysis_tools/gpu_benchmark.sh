@@ -17,7 +17,8 @@
 # some); PYTHON picks the interpreter. The sizes can be made small to try
 # the script on a CPU, e.g.
 #   DEVICE=cpu DTYPES="fp32 bf16" TRAIN_DTYPES=bf16 SIZE="64 64" \
-#   TRAIN_STEP="1 64 64" TRAIN_SHAPE="128 160" REPEAT=1 \
+#   TRAIN_STEP="1 64 64" TRAIN_SHAPE="128 160" HAAR_SHAPE="1 4 16 24" \
+#   REPEAT=1 \
 #   STEPS="backbones train_step haar count_ops" \
 #   bash tools/analysis_tools/gpu_benchmark.sh /tmp/out
 set -u
@@ -32,6 +33,7 @@ dtypes=${DTYPES:-fp32 tf32 bf16}     # inference
 train_dtypes=${TRAIN_DTYPES:-bf16 fp32}
 train_step=${TRAIN_STEP:-2 800 1216} # B H W of the backbone training step
 train_shape=${TRAIN_SHAPE:-800 1333} # H W of the Mask R-CNN batch
+haar_shape=${HAAR_SHAPE:-}           # B C H W: else the README's three
 backbones=(Wave-ViT-S Wave-ViT-B 'Wave-ViT-S (official formulation)'
            PVTv2-b2 ResNet-50)
 all_steps='backbones train_step haar count_ops count_ops_compiled compiled
@@ -62,7 +64,7 @@ step backbones 300 --skip-wavelets --backbones "${backbones[@]}" \
 step train_step 240 --skip-wavelets --skip-backbones \
   --backbones "${backbones[@]}" --train-step-shape $train_step \
   --dtypes $train_dtypes
-step haar 180 --skip-backbones
+step haar 180 --skip-backbones ${haar_shape:+--wavelet-shape $haar_shape}
 step count_ops 180 --skip-wavelets --skip-backbones \
   --backbones "${backbones[@]}" --count-ops
 # compiling takes a minute or two
