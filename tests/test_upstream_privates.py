@@ -159,11 +159,16 @@ def test_checkpoint_hook_saves_through_the_privates_we_override(tmp_path):
                                 CHECKPOINT_HOOK)
 
 
-def test_runner_keeps_load_from_in_its_private_attribute(tmp_path):
-    """The only place a Runner built without a config keeps ``load_from``,
-    which CheckpointFitHook names in its error."""
+@pytest.mark.parametrize('resume', [False, True])
+def test_runner_keeps_load_from_and_resume_in_private_attributes(tmp_path,
+                                                                 resume):
+    """The only places a Runner built without a config keeps ``load_from``
+    (which CheckpointFitHook names in its error) and ``resume`` (which
+    makes it check strictly instead of loading for fine-tuning)."""
     runner = Runner(model=Linear(), work_dir=str(tmp_path),
                     experiment_name=f'privates_{uuid.uuid4().hex[:8]}',
-                    load_from='weights.pth')
+                    load_from='weights.pth', resume=resume)
     assert getattr(runner, '_load_from', None) == 'weights.pth', changed(
         Runner, '_load_from', CHECKPOINT_FIT_HOOK)
+    assert getattr(runner, '_resume', None) is resume, changed(
+        Runner, '_resume', CHECKPOINT_FIT_HOOK)
