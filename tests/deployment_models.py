@@ -1,0 +1,62 @@
+"""Toy models of each exported family and their checkpoints, shared by
+the deployment tests."""
+import os
+import textwrap
+
+import onnxruntime
+import torch
+
+from helpers import ROOT
+from toy_runs import TOY
+from wavevit_mm.apis import build_model, load_config
+
+RETINANET_CONFIG = os.path.join(TOY, 'configs', 'retinanet_wavevit_toy_coco.py')
+#: the toy configs' Wave-ViT
+TOY_ARCH = dict(stem_width=16, embed_dims=[32, 64, 128, 160],
+                num_heads=[1, 2, 4, 5], mlp_ratios=[4, 4, 4, 4],
+                depths=[1, 1, 2, 1], sr_ratios=[4, 2, 1, 1])
+TOY_SIZE = (128, 128)
+#: sizes the dynamic files are run at besides the export size: odd ones,
+#: and one larger than any the network was exported or checked at
+OTHER_SIZES = [(96, 160), (97, 131), (250, 330)]
+
+
+def toy_one_stage_config(folder, family):
+    """The shipped ``family`` config (ATSS or GFL) with the toy Wave-ViT
+    and heads as narrow as the toy RetinaNet's."""
+    path = folder / f'{family}_toy.py'
+    path.write_text(textwrap.dedent(f'''
+        _base_ = ['{ROOT}/configs/{family}_wavevit_s_3x_coco.py']
+        model = dict(
+            backbone=dict(arch=dict(_delete_=True, **{TOY_ARCH}),
+                          drop_path_rate=0.0, init_cfg=None),
+            neck=dict(in_channels={TOY_ARCH['embed_dims']}, out_channels=64),
+            bbox_head=dict(num_classes=3, in_channels=64, feat_channels=64,
+                           stacked_convs=2))
+        '''))
+    return str(path)
+
+
+def save_checkpoint(config, path, seed=0):
+    """A whole-model checkpoint of the untrained model, as mmengine saves
+    it (with the config's class names and palette), with the classification biases at 0 instead of the prior's -4.6:
+    scores spread over (0, 1) as in a trained detector, so detections pass
+    the test score threshold. Returns the model (eval mode)."""
+    cfg = load_config(config)
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    head = getattr(model, 'bbox_head', None)
+    for name, parameter in (head.named_parameters() if head else ()):
+        if name.endswith('bias') and 'cls' in name:
+            parameter.data.zero_()
+    meta = dict(dataset_meta=dict(cfg.get('metainfo') or {}))
+    torch.save(dict(state_dict=model.state_dict(), meta=meta), path)
+    return model
+
+
+def run(path, x):
+    session = onnxruntime.InferenceSession(path)
+    name = session.get_inputs()[0].name
+    return [torch.from_numpy(o) for o in session.run(None, {name: x.numpy()})]
+
+

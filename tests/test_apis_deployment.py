@@ -1,0 +1,214 @@
+"""wavevit_mm.apis.deployment: each shipped model family's toy model
+exported to ONNX, run in ONNX Runtime and compared with eager PyTorch
+(mmdet's and mmseg's own ``predict``); the refusals, each one paragraph.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import onnxruntime
+import pytest
+import torch
+from mmdet.structures import DetDataSample
+from mmseg.structures import SegDataSample
+
+from helpers import ROOT
+from deployment_models import (OTHER_SIZES, RETINANET_CONFIG, TOY_SIZE,
+                               run, save_checkpoint, toy_one_stage_config)
+from toy_runs import DET_CONFIG, SEG_CONFIG
+from wavevit_mm.apis.deployment import (ExportError, export_onnx,
+                                        image_metas, matched_detections)
+from wavevit_mm.errors import CheckpointError
+
+@pytest.fixture(scope='module')
+def retinanet(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('retinanet')
+    model = save_checkpoint(RETINANET_CONFIG, folder / 'model.pth')
+    return model, str(folder / 'model.pth')
+
+
+@pytest.fixture(scope='module')
+def backbone_file(retinanet, tmp_path_factory):
+    model, checkpoint = retinanet
+    out = str(tmp_path_factory.mktemp('backbone') / 'backbone.onnx')
+    report = export_onnx(RETINANET_CONFIG, checkpoint, out, TOY_SIZE,
+                         dynamic=True, backbone_only=True, log=lambda _: None)
+    return model, out, report
+
+
+@pytest.mark.slow
+def test_backbone_exported_once_runs_at_other_sizes_odd_ones_included(
+        backbone_file):
+    model, path, report = backbone_file
+    assert [c.size for c in report.checks] == [TOY_SIZE, (161, 97)]
+    assert all(c.passed for c in report.checks)
+    for size in OTHER_SIZES:
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            expected = model.backbone(x)
+        outputs = run(path, x)
+        assert [o.shape for o in outputs] == [e.shape for e in expected]
+        for output, reference in zip(outputs, expected):
+            torch.testing.assert_close(output, reference, atol=1e-4,
+                                       rtol=1e-4)
+
+
+def detector_input(size, seed=1):
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(seed))
+    return x, [DetDataSample(metainfo=image_metas(size)[0])]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', ['retinanet', 'atss', 'gfl'])
+def test_one_stage_detectors_give_mmdets_detections(family, retinanet,
+                                                    tmp_path):
+    if family == 'retinanet':
+        config, (model, checkpoint) = RETINANET_CONFIG, retinanet
+    else:
+        config = toy_one_stage_config(tmp_path, family)
+        checkpoint = str(tmp_path / 'model.pth')
+        model = save_checkpoint(config, checkpoint)
+    out = str(tmp_path / 'model.onnx')
+    report = export_onnx(config, checkpoint, out, TOY_SIZE, dynamic=True,
+                         log=lambda _: None)
+    assert report.part == 'detector'
+    # top 100 unless the suppression leaves fewer (GFL's, on this model)
+    assert all(c.passed and c.detections[0] == c.detections[1] > 20
+               for c in report.checks)
+
+    # at another odd size: ONNX Runtime's raw outputs decoded by the head,
+    # against mmdet's own predict() on the model
+    x, samples = detector_input((111, 149))
+    with torch.no_grad():
+        expected = model.predict(x, samples, rescale=False)[0].pred_instances
+        session = onnxruntime.InferenceSession(out)
+        names = [o.name for o in session.get_outputs()]
+        groups = {}
+        for name, output in zip(names, run(out, x)):
+            groups.setdefault(name.rsplit('_', 1)[0], []).append(output)
+        found = model.bbox_head.predict_by_feat(
+            *groups.values(), batch_img_metas=image_metas((111, 149)))[0]
+    assert len(expected) > 10
+    assert len(found) == len(expected)
+    matched, total = matched_detections(found, expected, top=len(expected))
+    assert matched >= 0.98 * total
+    torch.testing.assert_close(found.scores, expected.scores, atol=1e-4,
+                               rtol=1e-4)
+
+
+@pytest.fixture(scope='module')
+def upernet(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('upernet')
+    model = save_checkpoint(SEG_CONFIG, folder / 'model.pth')
+    return model, str(folder / 'model.pth')
+
+
+@pytest.mark.slow
+def test_upernet_exports_at_its_crop_size_and_gives_mmsegs_classes(
+        upernet, tmp_path):
+    model, checkpoint = upernet
+    out = tmp_path / 'upernet.onnx'
+    out.write_bytes(b'an earlier export')
+    report = export_onnx(SEG_CONFIG, checkpoint, str(out), force=True,
+                         log=lambda _: None)
+    out = str(out)
+    assert report.part == 'segmentor' and not report.dynamic
+    assert [c.size for c in report.checks] == [TOY_SIZE]
+
+    x = torch.randn(1, 3, *TOY_SIZE)
+    sample = SegDataSample(metainfo=dict(img_shape=TOY_SIZE,
+                                         ori_shape=TOY_SIZE))
+    with torch.no_grad():
+        expected = model.predict(x, [sample])[0]
+    logits = run(out, x)[0]
+    torch.testing.assert_close(logits[0], expected.seg_logits.data,
+                               atol=1e-4, rtol=1e-4)
+    agreement = (logits.argmax(1)[0] == expected.pred_sem_seg.data[0])
+    assert agreement.double().mean() >= 0.999
+    with pytest.raises(Exception, match='dimensions|shape'):
+        run(out, torch.randn(1, 3, 96, 160))  # the size is fixed
+
+
+@pytest.mark.slow
+def test_dynamic_upernet_is_refused_explaining_the_pyramid_pooling(
+        upernet, tmp_path):
+    out = tmp_path / 'upernet.onnx'
+    with pytest.raises(ExportError) as error:
+        export_onnx(SEG_CONFIG, upernet[1], str(out), dynamic=True,
+                    log=lambda _: None)
+    message = str(error.value)
+    assert 'pyramid pooling' in message and '--dynamic' in message
+    assert 'nn.AdaptiveAvgPool2d to 2, 3, 6 cells' in message
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_mask_rcnn_is_refused_explaining_the_second_stage(tmp_path):
+    checkpoint = tmp_path / 'model.pth'
+    save_checkpoint(DET_CONFIG, checkpoint)
+    out = tmp_path / 'model.onnx'
+    with pytest.raises(ExportError) as error:
+        export_onnx(DET_CONFIG, str(checkpoint), str(out), dynamic=True,
+                    log=lambda _: None)
+    message = str(error.value)
+    assert 'MaskRCNN is not exported' in message
+    assert 'NonMaxSuppression and RoiAlign' in message
+    assert '--backbone-only' in message
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_model_is_refused(upernet, tmp_path):
+    out = tmp_path / 'model.onnx'
+    with pytest.raises(CheckpointError, match='does not fit the model built '
+                       'from the config'):
+        export_onnx(RETINANET_CONFIG, upernet[1], str(out),
+                    log=lambda _: None)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_file_that_fails_its_check_is_not_left(retinanet, tmp_path,
+                                                 monkeypatch):
+    from wavevit_mm.apis import deployment
+    monkeypatch.setattr(deployment, 'MAX_RELATIVE_DIFFERENCE', -1.)
+    out = tmp_path / 'backbone.onnx'
+    out.write_bytes(b'an earlier export')
+    with pytest.raises(ExportError, match='does not reproduce PyTorch at '
+                       '128x128'):
+        export_onnx(RETINANET_CONFIG, retinanet[1], str(out), TOY_SIZE,
+                    backbone_only=True, force=True, log=lambda _: None)
+    assert os.listdir(tmp_path) == ['backbone.onnx']
+    assert out.read_bytes() == b'an earlier export'
+
+
+def test_missing_onnxruntime_names_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)
+    with pytest.raises(ExportError) as error:
+        export_onnx(RETINANET_CONFIG, 'model.pth', str(tmp_path / 'm.onnx'))
+    message = str(error.value)
+    assert 'pip install -e .[deploy]' in message
+    assert 'onnxruntime' in message and '\n' not in message
+
+
+def test_the_package_and_training_need_no_onnx():
+    """With onnx, onnxscript and onnxruntime unimportable, the package, its
+    APIs (deployment included) and the training tool still import."""
+    code = textwrap.dedent('''
+        import runpy, sys
+        for name in ('onnx', 'onnxruntime', 'onnxscript'):
+            sys.modules[name] = None
+        import wavevit_mm, wavevit_mm.apis, wavevit_mm.apis.deployment
+        sys.argv = ['train.py', '--help']
+        try:
+            runpy.run_path('tools/train.py', run_name='__main__')
+        except SystemExit as exit_:
+            assert exit_.code == 0
+        assert not any(sys.modules.get(name) for name in
+                       ('onnx', 'onnxruntime', 'onnxscript'))
+        ''')
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert 'usage: train.py' in result.stdout

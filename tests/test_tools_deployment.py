@@ -1,0 +1,108 @@
+"""tools/deployment/pytorch2onnx.py and onnx_demo.py, run in this process
+on the toy RetinaNet: the verification table, the refusals as one
+paragraph, and the demo's picture against tools/image_demo.py's."""
+import contextlib
+import io
+import os
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from deployment_models import RETINANET_CONFIG, save_checkpoint
+from toy_runs import DET_CONFIG, run_tool
+
+pytestmark = pytest.mark.slow
+
+
+def assert_one_paragraph(result, prog, *parts):
+    assert result.code == 1, result.stderr
+    assert result.stderr.startswith(f'{prog}: error: ')
+    assert result.stderr.count('\n') == 1, result.stderr
+    for part in parts:
+        assert part in result.stderr
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """The toy RetinaNet's checkpoint and its dynamic export by the tool,
+    with what the tool printed."""
+    folder = tmp_path_factory.mktemp('exported')
+    checkpoint = str(folder / 'model.pth')
+    save_checkpoint(RETINANET_CONFIG, checkpoint)
+    out = str(folder / 'retinanet.onnx')
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = run_tool('deployment/pytorch2onnx.py',
+                          [RETINANET_CONFIG, checkpoint, '--out', out,
+                           '--dynamic'], cwd=str(folder))
+    return checkpoint, out, result, printed.getvalue()
+
+
+def test_export_prints_the_verification_table(exported):
+    _, out, result, printed = exported
+    assert result.code == 0, result.stderr
+    assert os.path.isfile(out)
+    assert ('| model | part | size | difference (ONNX Runtime vs PyTorch) |'
+            in printed)
+    rows = [line for line in printed.splitlines()
+            if line.startswith('| retinanet_wavevit_toy_coco | detector, '
+                               'dynamic |')]
+    assert [row.split(' | ')[2] for row in rows] == ['128x128', '161x97']
+    assert all('detections matched 100 of 100' in row for row in rows)
+
+
+def test_an_existing_file_needs_force(exported, tmp_path):
+    checkpoint, out, _, _ = exported
+    before = os.path.getmtime(out)
+    result = run_tool('deployment/pytorch2onnx.py',
+                      [RETINANET_CONFIG, checkpoint, '--out', out,
+                       '--backbone-only'], cwd=str(tmp_path))
+    assert_one_paragraph(result, 'pytorch2onnx.py', f'{out} already exists',
+                         'pass --force')
+    assert os.path.getmtime(out) == before
+
+
+def test_without_onnxruntime_the_tool_says_what_to_install(
+        exported, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)
+    out = tmp_path / 'model.onnx'
+    result = run_tool('deployment/pytorch2onnx.py',
+                      [RETINANET_CONFIG, exported[0], '--out', out],
+                      cwd=str(tmp_path))
+    assert_one_paragraph(result, 'pytorch2onnx.py',
+                         'pip install -e .[deploy]')
+    assert not out.exists()
+
+
+def test_a_config_that_does_not_export_is_one_paragraph(exported, tmp_path):
+    checkpoint = tmp_path / 'mask_rcnn.pth'
+    save_checkpoint(DET_CONFIG, checkpoint)
+    result = run_tool('deployment/pytorch2onnx.py',
+                      [DET_CONFIG, checkpoint, '--out', tmp_path / 'm.onnx'],
+                      cwd=str(tmp_path))
+    assert_one_paragraph(result, 'pytorch2onnx.py', 'MaskRCNN is not '
+                         'exported')
+
+
+def test_demo_draws_what_image_demo_draws(exported, toy_workspace, tmp_path):
+    checkpoint, out, _, _ = exported
+    val = toy_workspace / 'data' / 'toy_coco' / 'val'
+    image = str(val / sorted(os.listdir(val))[0])
+    from_onnx, from_checkpoint = tmp_path / 'onnx.png', tmp_path / 'pth.png'
+    result = run_tool('deployment/onnx_demo.py',
+                      [image, RETINANET_CONFIG, out, '--out-file', from_onnx],
+                      cwd=str(toy_workspace))
+    assert result.code == 0, result.stderr
+    result = run_tool('image_demo.py', [image, RETINANET_CONFIG, checkpoint,
+                                        '--out-file', from_checkpoint],
+                      cwd=str(toy_workspace))
+    assert result.code == 0, result.stderr
+    drawn, expected = cv2.imread(str(from_onnx)), cv2.imread(
+        str(from_checkpoint))
+    original = cv2.resize(cv2.imread(image), expected.shape[1::-1])
+    assert np.mean(expected != original) > 0.01  # boxes were drawn
+    assert drawn.shape == expected.shape
+    # the boxes agree to far below a pixel; a few edge pixels may round apart
+    assert np.mean(drawn != expected) < 5e-3

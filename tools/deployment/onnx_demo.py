@@ -1,0 +1,40 @@
+"""Predict on one image with a detector or segmentor exported by
+pytorch2onnx.py, in ONNX Runtime, and save a drawing of the result: the
+config's test pipeline and mmdet's/mmseg's decoding and visualizer, as
+tools/image_demo.py does with the checkpoint."""
+import argparse
+
+from wavevit_mm.apis import describe
+from wavevit_mm.apis.deployment import draw_prediction, predict_image_onnx
+from wavevit_mm.apis.inference import read_image
+from wavevit_mm.errors import report_errors
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('image', help='image file')
+    parser.add_argument('config', help='the config the model was exported '
+                        'from')
+    parser.add_argument('model', help='the .onnx file')
+    parser.add_argument('--out-file', default='result.png',
+                        help='where to save the drawing')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='detection: lowest score drawn')
+    parser.add_argument('--opacity', type=float, default=0.5,
+                        help='segmentation: overlay opacity in (0, 1]')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    with report_errors('onnx_demo.py'):
+        image = read_image(args.image)
+        result, model = predict_image_onnx(image, args.config, args.model)
+        draw_prediction(model, image, result, args.out_file,
+                        args.score_thr, args.opacity)
+    print(f'{describe(result, args.score_thr)}; drawing saved to '
+          f'{args.out_file}')
+
+
+if __name__ == '__main__':
+    main()

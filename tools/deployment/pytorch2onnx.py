@@ -1,0 +1,52 @@
+"""Export a detector, a segmentor or a backbone to ONNX, checked in ONNX
+Runtime against PyTorch before the file is kept.
+
+    python tools/deployment/pytorch2onnx.py CONFIG CHECKPOINT --out FILE \\
+        [--shape H W] [--dynamic] [--backbone-only] [--force]
+
+The input of the file is the normalised, padded image batch (1x3xHxW);
+the outputs are raw tensors that mmdet's and mmseg's own code decodes
+(tools/deployment/onnx_demo.py shows how). Needs `pip install -e .[deploy]`.
+"""
+import argparse
+
+from mmengine.config import DictAction
+
+from wavevit_mm.apis.deployment import export_onnx, format_checks
+from wavevit_mm.errors import report_errors
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint of the whole model')
+    parser.add_argument('--out', required=True, help='the .onnx file')
+    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+                        help='export size (default: the crop size of a '
+                        'segmentor, the test resize scale of a detector)')
+    parser.add_argument('--dynamic', action='store_true',
+                        help='any height and width (checked at a second, '
+                        'odd size too)')
+    parser.add_argument('--backbone-only', action='store_true',
+                        help='export the backbone alone (feature maps)')
+    parser.add_argument('--force', action='store_true',
+                        help='overwrite OUT if it exists')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    with report_errors('pytorch2onnx.py'):
+        report = export_onnx(args.config, args.checkpoint, args.out,
+                             args.shape, args.dynamic, args.backbone_only,
+                             args.force, args.cfg_options)
+    print(format_checks(report))
+    print(f'Wrote {report.out}: checked in ONNX Runtime against PyTorch.')
+
+
+if __name__ == '__main__':
+    main()
