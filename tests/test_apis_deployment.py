@@ -171,8 +171,8 @@ def test_a_checkpoint_of_another_model_is_refused(upernet, tmp_path):
 @pytest.mark.slow
 def test_a_file_that_fails_its_check_is_not_left(retinanet, tmp_path,
                                                  monkeypatch):
-    from wavevit_mm.apis import deployment
-    monkeypatch.setattr(deployment, 'MAX_RELATIVE_DIFFERENCE', -1.)
+    from wavevit_mm.apis.deployment import verification
+    monkeypatch.setattr(verification, 'MAX_RELATIVE_DIFFERENCE', -1.)
     out = tmp_path / 'backbone.onnx'
     out.write_bytes(b'an earlier export')
     with pytest.raises(ExportError, match='does not reproduce PyTorch at '

@@ -8,7 +8,6 @@ import random
 import re
 import sys
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,0 +1,38 @@
+"""Export to ONNX and the check in ONNX Runtime that keeps a file, behind
+``tools/deployment/pytorch2onnx.py`` and ``tools/deployment/onnx_demo.py``.
+
+What is exported takes the normalised, padded image batch the model's data
+preprocessor makes (``input``, 1x3xHxW) and returns raw tensors, decoded
+afterwards by mmdet's and mmseg's own code:
+
+- the backbone alone: its feature maps (``stage0`` ... ``stage3``);
+- one-stage detectors (RetinaNet, ATSS, GFL): the dense head's outputs per
+  pyramid level (``cls_score_0`` ..., ``bbox_pred_0`` ..., ATSS also
+  ``score_factor_0`` ...), decoded by the head's ``predict_by_feat``;
+- segmentors: the decode head's logits at the input size (``seg_logits``).
+
+The graph comes from ``torch.onnx.export`` (torch.export underneath), so
+the network exports through the code it runs in PyTorch; a file is kept
+only after ONNX Runtime reproduces PyTorch on it, at the export size and,
+for a dynamic file, at a second, odd size.
+"""
+from .export import (OPSET, ExportReport, export_onnx, format_checks,
+                     load_model, onnx_program)
+from .exportable import (BackboneFeatures, DenseHeadOutputs,
+                         SegmentationLogits, default_shape, exportable,
+                         second_size)
+from .inference import draw_prediction, predict_image_onnx
+from .runtime import (DEPLOY_INSTALL, ExportError, import_onnxruntime,
+                      onnx_session, run_session)
+from .verification import (Check, check_file, decode_detections, image_metas,
+                           matched_detections)
+
+__all__ = [
+    'OPSET', 'ExportReport', 'export_onnx', 'format_checks', 'load_model',
+    'onnx_program',
+    'BackboneFeatures', 'DenseHeadOutputs', 'SegmentationLogits',
+    'default_shape', 'exportable', 'second_size', 'draw_prediction',
+    'predict_image_onnx', 'DEPLOY_INSTALL', 'ExportError',
+    'import_onnxruntime', 'onnx_session', 'run_session', 'Check', 'check_file',
+    'decode_detections', 'image_metas', 'matched_detections'
+]

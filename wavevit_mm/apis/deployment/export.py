@@ -1,0 +1,136 @@
+"""Export to ONNX (torch.export, then its translation) with the
+checkpoint loaded strictly, written atomically and kept only after the
+check in ONNX Runtime passes."""
+import os.path as osp
+from typing import Callable, List, NamedTuple, Optional, Tuple
+
+import torch
+from mmengine.config import Config
+from torch import nn
+
+from ...checkpoint import atomic_write
+from ...errors import ConfigError
+from ..complexity import build_model
+from ..config import check_backbone_config, load_config, scope_of
+from ..model_checkpoint import check_model_fits, read_model_weights
+from .exportable import default_shape, exportable, second_size
+from .runtime import ExportError, import_onnxruntime, onnx_session
+from .verification import Check, check_file, thresholds
+
+#: ONNX opset of the exported files.
+OPSET = 18
+#: Smallest side a dynamic export is traced at.
+TRACE_SIDE = 320
+
+
+class ExportReport(NamedTuple):
+    """What :func:`export_onnx` wrote and how it was checked."""
+    out: str
+    model: str
+    part: str
+    dynamic: bool
+    checks: List[Check]
+
+
+def onnx_program(module: nn.Module, shape: Tuple[int, int], dynamic: bool):
+    """torch.export, then its translation to ONNX. A dynamic export may
+    take no branch on the height or width: torch.export refuses instead of
+    fixing the size into the graph."""
+    example = (torch.zeros(1, 3, *shape), )
+    dynamic_shapes = None
+    if dynamic:
+        # torch.export fixes every size that is 1 when traced: traced at a
+        # size where even a stride-128 level is 2x2 or more, no size is
+        example = (torch.zeros(1, 3, *(max(side, TRACE_SIDE)
+                                       for side in shape)), )
+        dynamic_shapes = ({2: torch.export.Dim.DYNAMIC,
+                           3: torch.export.Dim.DYNAMIC}, )
+    try:
+        with torch.no_grad():
+            program = torch.export.export(module, example,
+                                          dynamic_shapes=dynamic_shapes)
+            return torch.onnx.export(
+                program, dynamo=True, external_data=False,
+                input_names=['input'], output_names=list(module.output_names),
+                opset_version=OPSET, optimize=True, verbose=False)
+    except Exception as error:  # the exporters' errors share no type
+        raise ExportError(
+            f'the {module.part} could not be exported '
+            f'({type(error).__name__}: '
+            f'{" ".join(str(error).split())[:400]}).') from error
+
+
+def load_model(config: str, checkpoint: str,
+               cfg_options: Optional[dict] = None) -> Tuple[Config, nn.Module]:
+    """The config's model in eval mode with the checkpoint's weights,
+    loaded strictly: a file that does not fit is a CheckpointError."""
+    cfg = load_config(config, cfg_options)
+    scope_of(cfg)
+    check_backbone_config(cfg)
+    weights = read_model_weights(checkpoint)
+    model = build_model(cfg)
+    check_model_fits(weights, model, checkpoint)
+    model.load_state_dict(weights, strict=True)
+    return cfg, model.eval()
+
+
+def export_onnx(config: str, checkpoint: str, out: str,
+                shape: Optional[Tuple[int, int]] = None,
+                dynamic: bool = False, backbone_only: bool = False,
+                force: bool = False, cfg_options: Optional[dict] = None,
+                log: Callable[[str], None] = print) -> ExportReport:
+    """Export the model of ``config`` with the weights of ``checkpoint`` to
+    ``out`` and check the file in ONNX Runtime against PyTorch.
+
+    The file is written beside ``out`` and replaces it only after the
+    checks pass (an existing ``out`` only with ``force``); a file that
+    fails them is removed and the failure is an ExportError.
+    """
+    out = str(out)
+    if osp.exists(out) and not force:
+        raise ExportError(
+            f'{out} already exists; pass --force (force=True) to overwrite '
+            f'it.')
+    import_onnxruntime()
+    cfg, model = load_model(config, checkpoint, cfg_options)
+    module = exportable(model, config, backbone_only, dynamic)
+    shape = tuple(shape) if shape else default_shape(cfg)
+    if min(shape) < 32:
+        raise ConfigError(f'--shape {shape[0]} {shape[1]}: each side must be '
+                          f'at least 32 pixels')
+    log(f'Exporting the {module.part} of {config} at {shape[0]}x{shape[1]}'
+        f'{" (dynamic height and width)" if dynamic else ""} ...')
+    program = onnx_program(module, shape, dynamic)
+    program.model.metadata_props.update({
+        'wavevit_mm.part': module.part,
+        'wavevit_mm.config': osp.basename(config),
+        'wavevit_mm.dynamic': str(dynamic)})
+    sizes = [shape, second_size(shape)] if dynamic else [shape]
+    with atomic_write(out) as tmp:
+        program.save(tmp)
+        session = onnx_session(tmp)
+        checks = [check_file(session, module, size) for size in sizes]
+        for check in checks:
+            log(f'  {check.size[0]}x{check.size[1]}: {check.describe()}')
+        failed = [c for c in checks if not c.passed]
+        if failed:
+            raise ExportError(
+                f'the exported file does not reproduce PyTorch at '
+                f'{failed[0].size[0]}x{failed[0].size[1]} '
+                f'({failed[0].describe()}; a file is kept at '
+                f'{thresholds()}); '
+                f'{out} was not written.')
+        del session
+    return ExportReport(out, osp.splitext(osp.basename(config))[0],
+                        module.part, dynamic, checks)
+
+
+def format_checks(report: ExportReport) -> str:
+    """The verification table: model, size, difference."""
+    lines = ['| model | part | size | difference (ONNX Runtime vs PyTorch) |',
+             '|---|---|---|---|']
+    for check in report.checks:
+        kind = 'dynamic' if report.dynamic else 'fixed'
+        lines.append(f'| {report.model} | {report.part}, {kind} | '
+                     f'{check.size[0]}x{check.size[1]} | {check.describe()} |')
+    return '\n'.join(lines)

@@ -1,0 +1,121 @@
+"""Inference from an exported file: the config's test pipeline and data
+preprocessor, the file in ONNX Runtime, mmdet's or mmseg's decoding, and
+their visualizers to draw the result."""
+import copy
+import os
+import os.path as osp
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from torch import Tensor, nn
+
+from ...errors import InputError
+from ..complexity import build_model
+from ..config import load_config, scope_of
+from .runtime import onnx_session, run_session
+from .verification import decode_detections
+
+
+def test_pipeline(cfg: Config):
+    """The config's test pipeline on an image array, without the
+    annotation loading (as mmdet's and mmseg's inference APIs build it)."""
+    from mmcv.transforms import Compose
+    scope = scope_of(cfg)
+    steps = [step for step in copy.deepcopy(cfg.test_dataloader.dataset.pipeline)
+             if step['type'].split('.')[-1] != 'LoadAnnotations']
+    steps[0]['type'] = f'{scope}.LoadImageFromNDArray'
+    return Compose(steps)
+
+
+def dataset_meta(cfg: Config) -> Dict:
+    """Class names and palette of the config's test set: the dataset
+    class's, with the config's ``metainfo`` over them."""
+    from mmengine.registry import DATASETS
+    dataset = cfg.test_dataloader.dataset
+    meta = dict(DATASETS.get(f'{scope_of(cfg)}.{dataset.type}').METAINFO)
+    meta.update(dataset.get('metainfo') or {})
+    return meta
+
+
+def _fit_fixed_input(session, inputs: Tensor, sample) -> Tensor:
+    """Zero-pad ``inputs`` at the bottom/right to a fixed-size file's size
+    (noting the padding for mmseg's post-processing); dynamic files take
+    any size."""
+    height, width = session.get_inputs()[0].shape[2:]
+    if not (isinstance(height, int) and isinstance(width, int)):
+        return inputs
+    pad_h, pad_w = height - inputs.shape[2], width - inputs.shape[3]
+    if pad_h < 0 or pad_w < 0:
+        raise InputError(
+            f'the image is {inputs.shape[2]}x{inputs.shape[3]} after the '
+            f'test pipeline, larger than the {height}x{width} the file was '
+            f'exported at; export it at this size (--shape) or resize the '
+            f'image.')
+    sample.set_metainfo(dict(padding_size=[0, pad_w, 0, pad_h]))
+    return torch.nn.functional.pad(inputs, (0, pad_w, 0, pad_h))
+
+
+def predict_image_onnx(image: np.ndarray, config: str, model_file: str,
+                       cfg_options: Optional[dict] = None):
+    """Predict on an RGB image with an exported detector or segmentor:
+    the config's test pipeline and data preprocessor, the file in ONNX
+    Runtime, then mmdet's or mmseg's own decoding. Returns
+    ``(prediction, model)``: a DetDataSample or SegDataSample, and the
+    model built from the config (not its weights, which are in the file),
+    with the config as ``model.cfg`` (as mmdet's ``init_detector`` sets
+    it), for :func:`draw_prediction`."""
+    session = onnx_session(model_file)
+    part = session.get_modelmeta().custom_metadata_map.get('wavevit_mm.part')
+    if part not in ('detector', 'segmentor'):
+        raise InputError(
+            f'{model_file} holds {"a " + part if part else "no model"} '
+            f'exported by pytorch2onnx.py; the demo runs detectors and '
+            f'segmentors exported by it (without --backbone-only).')
+    cfg = load_config(config, cfg_options)
+    model = build_model(cfg)
+    model.cfg = cfg
+    data = test_pipeline(cfg)(dict(img=image[..., ::-1].copy(), img_id=0))
+    with torch.no_grad():
+        data = model.data_preprocessor(
+            dict(inputs=[data['inputs']], data_samples=[data['data_samples']]),
+            False)
+        sample = data['data_samples'][0]
+        if part == 'segmentor':
+            if not hasattr(model, 'decode_head'):
+                raise InputError(f'{model_file} holds a segmentor, {config} '
+                                 f'a detector.')
+            inputs = _fit_fixed_input(session, data['inputs'], sample)
+            logits = run_session(session, inputs)[0]
+            return model.postprocess_result(logits, [sample])[0], model
+        if not hasattr(model, 'bbox_head'):
+            raise InputError(f'{model_file} holds a detector, {config} a '
+                             f'segmentor.')
+        outputs = run_session(session, data['inputs'])
+        names = [output.name for output in session.get_outputs()]
+        results = decode_detections(model.bbox_head, outputs, names,
+                                    [sample.metainfo], rescale=True)
+        return model.add_pred_to_datasample([sample], results)[0], model
+
+
+def draw_prediction(model: nn.Module, image: np.ndarray, prediction,
+                    out_file: str, score_thr: float = 0.3,
+                    opacity: float = 0.5) -> None:
+    """Draw a prediction of :func:`predict_image_onnx` on the RGB image
+    with mmdet's or mmseg's visualizer, as ``tools/image_demo.py`` does."""
+    cfg = model.cfg
+    os.makedirs(osp.dirname(osp.abspath(out_file)), exist_ok=True)
+    model.dataset_meta = dataset_meta(cfg)
+    if scope_of(cfg) == 'mmdet':
+        from mmdet.registry import VISUALIZERS
+        visualizer = VISUALIZERS.build(cfg.visualizer)
+        visualizer.dataset_meta = model.dataset_meta
+        visualizer.add_datasample(
+            'result', image, data_sample=prediction, draw_gt=False,
+            show=False, out_file=out_file, pred_score_thr=score_thr)
+    else:
+        from mmseg.apis import show_result_pyplot
+        show_result_pyplot(model, image, prediction, opacity=opacity,
+                           show=False, draw_gt=False, out_file=out_file,
+                           save_dir=None)

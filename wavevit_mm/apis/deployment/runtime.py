@@ -1,0 +1,56 @@
+"""ONNX Runtime: importing it (an optional dependency), sessions with every
+graph optimisation, and running a file on a tensor."""
+from typing import List, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ...errors import InputError
+
+#: How to install what export and inference need.
+DEPLOY_INSTALL = 'pip install -e .[deploy]'
+
+
+class ExportError(InputError):
+    """A model or file that cannot be exported, or whose exported file does
+    not reproduce PyTorch."""
+
+
+def import_onnxruntime():
+    """The ``onnxruntime`` module, or an ExportError saying what to
+    install. onnx and onnxscript (the exporter's) are checked too."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise ExportError(
+            f'Exporting to ONNX and running the file need the optional '
+            f'packages onnx, onnxscript and onnxruntime ({error}). Install '
+            f'them with `{DEPLOY_INSTALL}` (the versions pinned in '
+            f'requirements.txt); training, testing and the other tools do '
+            f'not need them.') from None
+    return onnxruntime
+
+
+def onnx_session(path: str, threads: Optional[int] = None):
+    """An ONNX Runtime session on ``path`` with every graph optimisation,
+    on the GPU where onnxruntime-gpu offers one, else the CPU with
+    ``threads`` (torch's thread count by default)."""
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 3
+    providers = [p for p in ('CUDAExecutionProvider', 'CPUExecutionProvider')
+                 if p in ort.get_available_providers()]
+    return ort.InferenceSession(path, options, providers=providers)
+
+
+def run_session(session, x: Tensor) -> List[Tensor]:
+    """The session's outputs on ``x`` as CPU tensors, in graph order."""
+    name = session.get_inputs()[0].name
+    outputs = session.run(None, {name: x.detach().cpu().numpy()})
+    return [torch.from_numpy(np.asarray(output)) for output in outputs]
