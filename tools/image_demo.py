@@ -3,6 +3,7 @@ segmentation overlay)."""
 import argparse
 
 from wavevit_mm.apis import describe, predict_image
+from wavevit_mm.apis.inference import add_drawing_arguments
 from wavevit_mm.errors import report_errors
 
 
@@ -11,13 +12,8 @@ def parse_args():
     parser.add_argument('image', help='image file')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--out-file', default='result.png',
-                        help='where to save the drawing')
     parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
-    parser.add_argument('--score-thr', type=float, default=0.3,
-                        help='detection: lowest score drawn')
-    parser.add_argument('--opacity', type=float, default=0.5,
-                        help='segmentation: overlay opacity in (0, 1]')
+    add_drawing_arguments(parser)
     return parser.parse_args()
 
 

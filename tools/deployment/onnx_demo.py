@@ -6,7 +6,7 @@ import argparse
 
 from wavevit_mm.apis import describe
 from wavevit_mm.apis.deployment import draw_prediction, predict_image_onnx
-from wavevit_mm.apis.inference import read_image
+from wavevit_mm.apis.inference import add_drawing_arguments, read_image
 from wavevit_mm.errors import report_errors
 
 
@@ -16,12 +16,7 @@ def parse_args():
     parser.add_argument('config', help='the config the model was exported '
                         'from')
     parser.add_argument('model', help='the .onnx file')
-    parser.add_argument('--out-file', default='result.png',
-                        help='where to save the drawing')
-    parser.add_argument('--score-thr', type=float, default=0.3,
-                        help='detection: lowest score drawn')
-    parser.add_argument('--opacity', type=float, default=0.5,
-                        help='segmentation: overlay opacity in (0, 1]')
+    add_drawing_arguments(parser)
     return parser.parse_args()
 
 

@@ -2,11 +2,13 @@
 ``tools/image_demo.py``: boxes and masks with mmdet's visualizer, or the
 segmentation overlay with mmseg's (imported for the config's scope only:
 either package may be absent)."""
+import argparse
 import os
 from typing import Optional
 
 import mmcv
 import numpy as np
+from torch import nn
 
 from ..checkpoint import read_once
 from ..errors import DataError
@@ -50,30 +52,52 @@ def _predict(image: np.ndarray, config: str, checkpoint: str,
              opacity: float) -> object:
     weights = read_model_weights(checkpoint)
     cfg = load_config(config)
-    scope = scope_of(cfg)
     check_backbone_config(cfg)
-    out_dir = os.path.dirname(os.path.abspath(out_file))
-    os.makedirs(out_dir, exist_ok=True)
-    if scope == 'mmdet':
+    if scope_of(cfg) == 'mmdet':
         from mmdet.apis import inference_detector, init_detector
-        from mmdet.registry import VISUALIZERS
         model = init_detector(cfg, checkpoint, device=device)
         check_model_fits(weights, model, checkpoint)
         result = inference_detector(model, image[..., ::-1].copy())  # BGR
-        visualizer = VISUALIZERS.build(model.cfg.visualizer)
-        visualizer.dataset_meta = model.dataset_meta
-        visualizer.add_datasample(
-            'result', image, data_sample=result, draw_gt=False, show=False,
-            out_file=out_file, pred_score_thr=score_thr)
     else:
-        from mmseg.apis import inference_model, init_model, show_result_pyplot
+        from mmseg.apis import inference_model, init_model
         model = init_model(cfg, checkpoint, device=device)
         check_model_fits(weights, model, checkpoint)
         result = inference_model(model, image[..., ::-1].copy())
-        show_result_pyplot(model, image, result, opacity=opacity,
+    draw_prediction(model, image, result, out_file, score_thr, opacity)
+    return result
+
+
+def draw_prediction(model: nn.Module, image: np.ndarray, prediction,
+                    out_file: str, score_thr: float = 0.3,
+                    opacity: float = 0.5) -> None:
+    """Draw a prediction on the RGB image into ``out_file``: boxes and
+    masks with mmdet's visualizer, the overlay with mmseg's. ``model``
+    carries ``cfg`` and ``dataset_meta``, as mmdet's ``init_detector`` and
+    mmseg's ``init_model`` set them."""
+    os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
+    if scope_of(model.cfg) == 'mmdet':
+        from mmdet.registry import VISUALIZERS
+        visualizer = VISUALIZERS.build(model.cfg.visualizer)
+        visualizer.dataset_meta = model.dataset_meta
+        visualizer.add_datasample(
+            'result', image, data_sample=prediction, draw_gt=False,
+            show=False, out_file=out_file, pred_score_thr=score_thr)
+    else:
+        from mmseg.apis import show_result_pyplot
+        show_result_pyplot(model, image, prediction, opacity=opacity,
                            show=False, draw_gt=False, out_file=out_file,
                            save_dir=None)
-    return result
+
+
+def add_drawing_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demos' options for the drawing: ``--out-file``, ``--score-thr``
+    (detection) and ``--opacity`` (segmentation)."""
+    parser.add_argument('--out-file', default='result.png',
+                        help='where to save the drawing')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='detection: lowest score drawn')
+    parser.add_argument('--opacity', type=float, default=0.5,
+                        help='segmentation: overlay opacity in (0, 1]')
 
 
 def describe(result: object, score_thr: Optional[float] = 0.3) -> str:
