@@ -1,29 +1,45 @@
 """The Runner the configs name (``runner_type``): mmengine's, but a
 safeguard switched off in ``default_hooks`` (its key set to None) is
 dropped with one log line, where mmengine accepts None only for its own
-default hooks."""
+default hooks; and a ``Pretrained`` entry in the whole model's
+``init_cfg`` starts training as ``load_from`` does."""
 import logging
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from mmengine.logging import print_log
+from mmengine.model import PretrainedInit, is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+from torch import nn
+
+from ..models.init_cfg import check_init_cfg, init_cfg_entries
+from ..models.pretrained import fit_for_fine_tuning, read_model_weights
+from .hooks.checkpoint_fit_hook import CheckpointFitHook, fine_tune_from
 
 #: The safeguards' keys in ``default_hooks`` (configs/_base_/safeguards.py)
 #: and what a run without each loses.
 SAFEGUARDS = dict(
     work_dir_lock='one training run per work dir',
-    checkpoint_fit='checkpoints checked against the model before loading',
+    checkpoint_fit='checkpoints (load_from, --resume, the init_cfg of the '
+    'whole model) checked against the model before loading',
     epoch_seed='per-epoch reseeding for exact resumption',
     finite_check='the stop at the first non-finite loss or weight',
     label_map_check='label maps checked against their images',
 )
 
+#: How the report and the refusals name a whole model's ``init_cfg``.
+MODEL_INIT_CFG = 'model.init_cfg'
+
 
 @RUNNERS.register_module()
 class SafeguardedRunner(Runner):
     """mmengine's Runner; ``default_hooks = dict(work_dir_lock=None)``
-    switches that safeguard off and the run says so."""
+    switches that safeguard off and the run says so, and a whole model's
+    ``init_cfg=dict(type='Pretrained', checkpoint=...)`` loads what fits,
+    reported by module (:meth:`train`)."""
+
+    #: the whole model's Pretrained entries :meth:`load_or_resume` loads
+    _model_checkpoints: Tuple[Dict, ...] = ()
 
     def register_default_hooks(self, hooks: Optional[Dict] = None) -> None:
         hooks = dict(hooks or {})
@@ -36,3 +52,79 @@ class SafeguardedRunner(Runner):
                 f'{key} ({SAFEGUARDS[key]})' for key in off) + '.',
                 logger='current', level=logging.WARNING)
         super().register_default_hooks(hooks)
+
+    def train(self) -> nn.Module:
+        """Train, starting from the checkpoint of a ``Pretrained`` entry in
+        the whole model's ``init_cfg`` as from ``load_from``: every tensor
+        whose name and shape fit is loaded, one log block lists the others
+        by module, and it is refused (nothing loaded) when the backbone
+        does not fit or under ``MIN_FINE_TUNING_SHARE`` of the model would
+        load. The backbone's own ``init_cfg`` still loads strictly.
+        Without the ``checkpoint_fit`` safeguard, mmengine loads the entry
+        as it would.
+
+        mmengine loads the entry inside ``init_weights`` with
+        ``strict=False`` and offers no hook there (and replacing its
+        ``Pretrained`` initialiser would change every model of the
+        process); so it is taken out of this model's ``init_cfg`` for the
+        run, checked here before the datasets are built, and loaded by
+        :meth:`load_or_resume`, the public step ``Runner.train`` takes
+        right after ``init_weights``.
+        """
+        model = _bare(self.model)
+        entries, others = _split_pretrained(getattr(model, 'init_cfg', None))
+        if not entries or not any(isinstance(hook, CheckpointFitHook)
+                                  for hook in self.hooks):
+            return super().train()
+        check_init_cfg([dict(entry, type='Pretrained') for entry in entries],
+                       model)
+        for entry in entries:  # refused now, not after the datasets load
+            state_dict, _ = _read(entry)
+            fit_for_fine_tuning(state_dict, model, str(entry['checkpoint']))
+        original = model.init_cfg
+        model.init_cfg = others or None
+        self._model_checkpoints = tuple(entries)
+        try:
+            return super().train()
+        finally:
+            model.init_cfg = original
+            self._model_checkpoints = ()
+
+    def load_or_resume(self) -> None:
+        """Load the whole model's ``init_cfg`` checkpoints that
+        :meth:`train` took over (once, as ``init_weights`` would), then
+        ``load_from`` or the checkpoint to resume from, as mmengine does.
+        """
+        entries, self._model_checkpoints = self._model_checkpoints, ()
+        for entry in entries:
+            state_dict, meta = _read(entry)
+            start = fine_tune_from(self, state_dict, str(entry['checkpoint']),
+                                   MODEL_INIT_CFG, meta)
+            _bare(self.model).load_state_dict(start.weights, strict=True)
+        super().load_or_resume()
+
+
+def _bare(model: nn.Module) -> nn.Module:
+    """The model inside a DDP (or other) wrapper, as mmengine unwraps it to
+    initialise its weights."""
+    return model.module if is_model_wrapper(model) else model
+
+
+def _split_pretrained(init_cfg) -> Tuple[List[Dict], List[Dict]]:
+    """The ``Pretrained`` entries of an ``init_cfg``, as mmengine's
+    ``BaseModule.init_weights`` tells them apart (the type's name or
+    class), and the others."""
+    def pretrained(entry: Dict) -> bool:
+        kind = entry.get('type')
+        return kind == 'Pretrained' or kind is PretrainedInit
+
+    entries = init_cfg_entries(init_cfg)
+    return ([entry for entry in entries if pretrained(entry)],
+            [entry for entry in entries if not pretrained(entry)])
+
+
+def _read(entry: Dict) -> Tuple[Dict, Any]:
+    """The state dict and ``meta`` of a ``Pretrained`` entry's file."""
+    return read_model_weights(entry['checkpoint'], entry.get('prefix'),
+                              entry.get('trusted', False),
+                              entry.get('map_location', 'cpu'))

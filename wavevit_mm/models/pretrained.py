@@ -14,8 +14,10 @@ says which arch the file holds, never a silent fall-back to random
 initialisation. The same check (:func:`check_fits`) refuses a checkpoint
 of a whole model that does not fit the model built from a config;
 :func:`fit_for_fine_tuning` takes what fits of a checkpoint to fine-tune
-a whole model from, within limits. Files are read by :func:`wavevit_mm.checkpoint
-.load_checkpoint` (local, URL or other storage; weights-only).
+a whole model from (``load_from``, or the whole model's ``init_cfg``, read
+by :func:`read_model_weights`), within limits. Files are read by
+:func:`wavevit_mm.checkpoint.load_checkpoint` (local, URL or other
+storage; weights-only).
 """
 from collections import Counter
 from dataclasses import dataclass, field
@@ -195,14 +197,14 @@ def _backbone_note(state_dict: Dict[str, Tensor], own: Dict[str, Tensor],
             f'{", ".join(list(state_dict)[:2])}).')
 
 
-#: ``load_from`` of a training run starts from a checkpoint of another
-#: model only when at least this share of the model's weights (elements)
-#: has a tensor of the same name and shape in the file. Fine-tuning a
-#: detector on other classes replaces its class-specific layers only (for
-#: COCO's 80 classes 5.6% of RetinaNet-S's weights, 1.1% of Mask
-#: R-CNN-S's; 1.0% of the 3-class toy RetinaNet's): under half, most of the
-#: model would start from scratch, and the file is a checkpoint of another
-#: model family.
+#: ``load_from`` of a training run (or the whole model's ``init_cfg``)
+#: starts from a checkpoint of another model only when at least this share
+#: of the model's weights (elements) has a tensor of the same name and
+#: shape in the file. Fine-tuning a detector on other classes replaces its
+#: class-specific layers only (for COCO's 80 classes 5.6% of RetinaNet-S's
+#: weights, 1.1% of Mask R-CNN-S's; 1.0% of the 3-class toy RetinaNet's):
+#: under half, most of the model would start from scratch, and the file is
+#: a checkpoint of another model family.
 MIN_FINE_TUNING_SHARE = 0.5
 
 
@@ -257,6 +259,34 @@ def fit_for_fine_tuning(state_dict: Dict[str, Tensor], model: nn.Module,
                for key, value in own.items()}
     return FineTuningStart(weights, fit,
                            skipped_by_module(fit, state_dict, own))
+
+
+def read_model_weights(filename: str, prefix: Optional[str] = None,
+                       trusted: bool = False, map_location: Any = 'cpu'
+                       ) -> Tuple[Dict[str, Tensor], Any]:
+    """The state dict of a whole-model checkpoint, the part under
+    ``prefix`` (without it) when given, as mmengine's ``PretrainedInit``
+    takes it; and the file's ``meta`` entry (None if it has none).
+
+    Raises CheckpointError naming the file when it holds no state dict or
+    nothing under ``prefix``.
+    """
+    filename = str(filename)
+    checkpoint = load_checkpoint(filename, trusted=trusted,
+                                 map_location=map_location)
+    try:
+        state_dict, _ = unwrap_state_dict(checkpoint)
+    except CheckpointError as error:
+        raise CheckpointError(f'{filename} {error}.') from None
+    if prefix:
+        prefix = prefix if prefix.endswith('.') else prefix + '.'
+        state_dict, _ = strip_prefix(state_dict, prefix)
+        if not state_dict:
+            raise CheckpointError(
+                f'{filename} has no weights under the prefix {prefix!r} '
+                f'the init_cfg names.')
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    return state_dict, meta
 
 
 def load_strictly(model: nn.Module, filename: str,

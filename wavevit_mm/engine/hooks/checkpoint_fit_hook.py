@@ -1,7 +1,9 @@
 """A checkpoint to resume from, or to test, must fit the model exactly; one
-to fine-tune from (``load_from`` of a training run) loads what fits, within
-limits, and the rest is reported. mmengine would load the part that fits
-and only log warnings."""
+to fine-tune from (``load_from`` of a training run, or the whole model's
+``init_cfg`` through :class:`~wavevit_mm.engine.SafeguardedRunner`) loads
+what fits, within limits, and the rest is reported
+(:func:`fine_tune_from`). mmengine would load the part that fits and only
+log warnings."""
 import logging
 from typing import Any, Dict, List, Optional
 
@@ -12,7 +14,8 @@ from mmengine.registry import HOOKS
 from mmengine.runner import find_latest_checkpoint
 
 from ...checkpoint import CheckpointError, unwrap_state_dict
-from ...models.pretrained import check_fits, fit_for_fine_tuning
+from ...models.pretrained import (FineTuningStart, check_fits,
+                                  fit_for_fine_tuning)
 
 
 @HOOKS.register_module()
@@ -45,10 +48,8 @@ class CheckpointFitHook(Hook):
         if runner._resume or not _trains(runner):
             check_fits(state_dict, runner.model, filename)
             return
-        start = fit_for_fine_tuning(state_dict, runner.model, filename)
-        print_log(_report(filename, start, _classes(checkpoint, runner)),
-                  logger='current',
-                  level=logging.WARNING if start.skipped else logging.INFO)
+        start = fine_tune_from(runner, state_dict, filename, 'load_from',
+                               checkpoint.get('meta'))
         # mmengine loads what it finds under 'state_dict', else the whole
         # checkpoint: now exactly the model's keys, nothing to warn about
         if entry is None:
@@ -58,6 +59,23 @@ class CheckpointFitHook(Hook):
             checkpoint['state_dict'] = start.weights
 
 
+def fine_tune_from(runner, state_dict: Dict, filename: str, setting: str,
+                   meta: Any = None) -> FineTuningStart:
+    """What of ``state_dict`` (of the file ``filename``, which the config
+    ``setting`` names: ``load_from`` or ``model.init_cfg``) starts the
+    training of ``runner.model``, as
+    :func:`~wavevit_mm.models.pretrained.fit_for_fine_tuning` takes it;
+    logs the one block that says what was loaded and what was not, by
+    module, with the class names of the file (its ``meta``) and of the
+    training set where they differ. Raises CheckpointError as that
+    function does, before anything is logged or loaded."""
+    start = fit_for_fine_tuning(state_dict, runner.model, filename)
+    print_log(_report(setting, filename, start, _classes(meta, runner)),
+              logger='current',
+              level=logging.WARNING if start.skipped else logging.INFO)
+    return start
+
+
 def _trains(runner) -> bool:
     """Whether the Runner is setting up training: ``Runner.train`` builds
     the optimizer wrapper before it loads a checkpoint; testing and
@@ -65,10 +83,9 @@ def _trains(runner) -> bool:
     return isinstance(runner.optim_wrapper, (OptimWrapper, OptimWrapperDict))
 
 
-def _classes(checkpoint: Dict, runner) -> Optional[str]:
-    """The class names of the file and of the training set, when both are
-    known and differ."""
-    meta = checkpoint.get('meta')
+def _classes(meta: Any, runner) -> Optional[str]:
+    """The class names of the file (its ``meta``) and of the training set,
+    when both are known and differ."""
     theirs = (meta or {}).get('dataset_meta', {}).get('classes') \
         if isinstance(meta, dict) else None
     ours = getattr(runner.train_dataloader.dataset, 'metainfo',
@@ -86,11 +103,12 @@ def _names(classes: Any, shown: int = 6) -> str:
     return ', '.join(names[:shown]) + more
 
 
-def _report(filename: str, start, classes: Optional[str]) -> str:
+def _report(setting: str, filename: str, start: FineTuningStart,
+            classes: Optional[str]) -> str:
     """The one block that says what a fine-tuning start loaded."""
     fit = start.fit
     total = len(fit.loaded) + len(fit.missing) + len(fit.mismatched)
-    head = (f'load_from {filename}: {len(fit.loaded)} of the model\'s '
+    head = (f'{setting} {filename}: {len(fit.loaded)} of the model\'s '
             f'{total} tensors loaded ({fit.loaded_share:.1%} of its '
             f'weights)')
     if not start.skipped:
