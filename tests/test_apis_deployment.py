@@ -16,7 +16,7 @@ from mmseg.structures import SegDataSample
 from helpers import ROOT
 from deployment_models import (OTHER_SIZES, RETINANET_CONFIG, TOY_SIZE,
                                run, save_checkpoint, toy_one_stage_config)
-from toy_runs import DET_CONFIG, SEG_CONFIG
+from toy_runs import SEG_CONFIG
 from wavevit_mm.apis.deployment import (ExportError, export_onnx,
                                         image_metas, matched_detections)
 from wavevit_mm.errors import CheckpointError
@@ -140,21 +140,6 @@ def test_dynamic_upernet_is_refused_explaining_the_pyramid_pooling(
     message = str(error.value)
     assert 'pyramid pooling' in message and '--dynamic' in message
     assert 'nn.AdaptiveAvgPool2d to 2, 3, 6 cells' in message
-    assert not out.exists()
-
-
-@pytest.mark.slow
-def test_mask_rcnn_is_refused_explaining_the_second_stage(tmp_path):
-    checkpoint = tmp_path / 'model.pth'
-    save_checkpoint(DET_CONFIG, checkpoint)
-    out = tmp_path / 'model.onnx'
-    with pytest.raises(ExportError) as error:
-        export_onnx(DET_CONFIG, str(checkpoint), str(out), dynamic=True,
-                    log=lambda _: None)
-    message = str(error.value)
-    assert 'MaskRCNN is not exported' in message
-    assert 'NonMaxSuppression and RoiAlign' in message
-    assert '--backbone-only' in message
     assert not out.exists()
 
 

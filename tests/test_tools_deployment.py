@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deployment_models import RETINANET_CONFIG, save_checkpoint
-from toy_runs import DET_CONFIG, run_tool
+from toy_runs import SEG_CONFIG, run_tool
 
 pytestmark = pytest.mark.slow
 
@@ -77,13 +77,13 @@ def test_without_onnxruntime_the_tool_says_what_to_install(
 
 
 def test_a_config_that_does_not_export_is_one_paragraph(exported, tmp_path):
-    checkpoint = tmp_path / 'mask_rcnn.pth'
-    save_checkpoint(DET_CONFIG, checkpoint)
+    checkpoint = tmp_path / 'upernet.pth'
+    save_checkpoint(SEG_CONFIG, checkpoint)
     result = run_tool('deployment/pytorch2onnx.py',
-                      [DET_CONFIG, checkpoint, '--out', tmp_path / 'm.onnx'],
-                      cwd=str(tmp_path))
-    assert_one_paragraph(result, 'pytorch2onnx.py', 'MaskRCNN is not '
-                         'exported')
+                      [SEG_CONFIG, checkpoint, '--out', tmp_path / 'm.onnx',
+                       '--dynamic'], cwd=str(tmp_path))
+    assert_one_paragraph(result, 'pytorch2onnx.py', 'a dynamic export of '
+                         'EncoderDecoder with UPerHead would be wrong')
 
 
 def test_demo_draws_what_image_demo_draws(exported, toy_workspace, tmp_path):

@@ -9,6 +9,10 @@ afterwards by mmdet's and mmseg's own code:
 - one-stage detectors (RetinaNet, ATSS, GFL): the dense head's outputs per
   pyramid level (``cls_score_0`` ..., ``bbox_pred_0`` ..., ATSS also
   ``score_factor_0`` ...), decoded by the head's ``predict_by_feat``;
+- Mask R-CNN whole: its detections (``dets``, Kx5 boxes and scores),
+  ``labels`` and ``masks`` (Kx28x28 probabilities of each detection's
+  class), with ONNX NonMaxSuppression and RoiAlign in the graph; the masks
+  are pasted into the image by mmdet's own code;
 - segmentors: the decode head's logits at the input size (``seg_logits``).
 
 The graph comes from ``torch.onnx.export`` (torch.export underneath), so
@@ -24,13 +28,15 @@ from .exportable import (BackboneFeatures, DenseHeadOutputs,
 from .inference import draw_prediction, predict_image_onnx
 from .runtime import (DEPLOY_INSTALL, ExportError, import_onnxruntime,
                       onnx_session, run_session)
+from .two_stage import MaskRCNNOutputs, predicted_instances
 from .verification import (Check, check_file, decode_detections, image_metas,
                            matched_detections)
 
 __all__ = [
     'OPSET', 'ExportReport', 'export_onnx', 'format_checks', 'load_model',
     'onnx_program',
-    'BackboneFeatures', 'DenseHeadOutputs', 'SegmentationLogits',
+    'BackboneFeatures', 'DenseHeadOutputs', 'MaskRCNNOutputs',
+    'SegmentationLogits', 'predicted_instances',
     'default_shape', 'exportable', 'second_size', 'draw_prediction',
     'predict_image_onnx', 'DEPLOY_INSTALL', 'ExportError',
     'import_onnxruntime', 'onnx_session', 'run_session', 'Check', 'check_file',

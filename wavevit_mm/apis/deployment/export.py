@@ -15,6 +15,7 @@ from ..config import check_backbone_config, load_config, scope_of
 from ..model_checkpoint import check_model_fits, read_model_weights
 from .exportable import default_shape, exportable, second_size
 from .runtime import ExportError, import_onnxruntime, onnx_session
+from .two_stage import onnx_translations
 from .verification import Check, check_file, thresholds
 
 #: ONNX opset of the exported files.
@@ -52,7 +53,8 @@ def onnx_program(module: nn.Module, shape: Tuple[int, int], dynamic: bool):
             return torch.onnx.export(
                 program, dynamo=True, external_data=False,
                 input_names=['input'], output_names=list(module.output_names),
-                opset_version=OPSET, optimize=True, verbose=False)
+                opset_version=OPSET, optimize=True, verbose=False,
+                custom_translation_table=onnx_translations())
     except Exception as error:  # the exporters' errors share no type
         raise ExportError(
             f'the {module.part} could not be exported '

@@ -1,6 +1,7 @@
 """What of a model exports, as modules taking the normalised image batch
-and returning raw tensors, the refusals of what does not, and the sizes an
-export is made and checked at."""
+and returning raw tensors (Mask R-CNN's detections and masks, see
+:mod:`.two_stage`), the refusals of what does not, and the sizes an export
+is made and checked at."""
 from typing import Dict, List, Sequence, Tuple
 
 from mmengine.config import Config
@@ -8,6 +9,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from .runtime import ExportError
+from .two_stage import MaskRCNNOutputs, check_mask_rcnn
 
 #: One-stage detection heads whose raw outputs are exported and decoded by
 #: their own ``predict_by_feat``.
@@ -78,17 +80,6 @@ def head_output_groups(outputs: Sequence[Tensor], names: Sequence[str]
     return [groups[name] for name in HEAD_OUTPUTS if name in groups]
 
 
-_TWO_STAGE_REFUSAL = (
-    '{config}: {detector} is not exported: its second stage runs on the '
-    'boxes the first one keeps (proposals after non-maximum suppression, '
-    'RoIAlign on them, suppression per class, the mask head on what '
-    'survives), and mmdet computes those steps in Python over InstanceData '
-    'with mmcv\'s compiled nms and RoIAlign, which torch.export does not '
-    'turn into ONNX NonMaxSuppression and RoiAlign without a rewrite of '
-    'the heads. Export the backbone alone (--backbone-only) and run the '
-    'heads in PyTorch, or deploy a one-stage detector (RetinaNet, ATSS, '
-    'GFL), which exports whole.')
-
 _PYRAMID_POOLING_REFUSAL = (
     '{config}: a dynamic export of {segmentor} would be wrong at every size '
     'but the export size, silently: its pyramid pooling '
@@ -126,16 +117,16 @@ def exportable(model: nn.Module, config: str, backbone_only: bool = False,
                 sizes=', '.join(sizes)))
         return SegmentationLogits(model).eval()
     if hasattr(model, 'roi_head'):
-        raise ExportError(_TWO_STAGE_REFUSAL.format(config=config,
-                                                    detector=name))
+        check_mask_rcnn(model, config)
+        return MaskRCNNOutputs(model).eval()
     head = getattr(model, 'bbox_head', None)
     if type(head).__name__ in DENSE_HEADS:
         return DenseHeadOutputs(model).eval()
     raise ExportError(
         f'{config}: {name} with {type(head).__name__} is not among the '
         f'models that export (one-stage detectors with '
-        f'{", ".join(DENSE_HEADS)}; segmentors; any backbone with '
-        f'--backbone-only).')
+        f'{", ".join(DENSE_HEADS)}; Mask R-CNN; segmentors; any backbone '
+        f'with --backbone-only).')
 
 
 def default_shape(cfg: Config) -> Tuple[int, int]:

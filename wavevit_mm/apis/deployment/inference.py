@@ -1,6 +1,7 @@
 """Inference from an exported file: the config's test pipeline and data
-preprocessor, the file in ONNX Runtime, mmdet's or mmseg's decoding, and
-their visualizers to draw the result."""
+preprocessor, the file in ONNX Runtime, mmdet's or mmseg's decoding (for
+Mask R-CNN, its masks pasted by mmdet's own code), and their visualizers
+to draw the result."""
 import copy
 import os
 import os.path as osp
@@ -15,6 +16,7 @@ from ...errors import InputError
 from ..complexity import build_model
 from ..config import load_config, scope_of
 from .runtime import onnx_session, run_session
+from .two_stage import predicted_instances
 from .verification import decode_detections
 
 
@@ -68,7 +70,7 @@ def predict_image_onnx(image: np.ndarray, config: str, model_file: str,
     it), for :func:`draw_prediction`."""
     session = onnx_session(model_file)
     part = session.get_modelmeta().custom_metadata_map.get('wavevit_mm.part')
-    if part not in ('detector', 'segmentor'):
+    if part not in ('detector', 'instance segmentor', 'segmentor'):
         raise InputError(
             f'{model_file} holds {"a " + part if part else "no model"} '
             f'exported by pytorch2onnx.py; the demo runs detectors and '
@@ -89,6 +91,20 @@ def predict_image_onnx(image: np.ndarray, config: str, model_file: str,
             inputs = _fit_fixed_input(session, data['inputs'], sample)
             logits = run_session(session, inputs)[0]
             return model.postprocess_result(logits, [sample])[0], model
+        if part == 'instance segmentor':
+            if not hasattr(model, 'roi_head'):
+                raise InputError(f'{model_file} holds Mask R-CNN, {config} '
+                                 f'another model.')
+            # boxes clipped to the image before its padding, as mmdet's
+            dets, labels, masks = run_session(
+                session, _fit_fixed_input(session, data['inputs'], sample))
+            height, width = sample.metainfo['img_shape'][:2]
+            dets[:, 0:4:2] = dets[:, 0:4:2].clamp(0, width)
+            dets[:, 1:4:2] = dets[:, 1:4:2].clamp(0, height)
+            results = predicted_instances(
+                dets, labels, masks, sample.metainfo,
+                model.roi_head.test_cfg.get('mask_thr_binary', 0.5))
+            return model.add_pred_to_datasample([sample], [results])[0], model
         if not hasattr(model, 'bbox_head'):
             raise InputError(f'{model_file} holds a detector, {config} a '
                              f'segmentor.')

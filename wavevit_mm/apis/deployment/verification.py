@@ -1,6 +1,7 @@
 """The check that keeps an exported file: ONNX Runtime against PyTorch on
 the same input, raw outputs compared, detections decoded by mmdet's own
-code and matched, segmentation classes compared pixel by pixel."""
+code and matched (Mask R-CNN's with their masks), segmentation classes
+compared pixel by pixel."""
 import copy
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -10,15 +11,18 @@ from mmengine.config import Config
 from torch import Tensor, nn
 
 from .exportable import head_output_groups
+from .two_stage import matched_masks
 from .runtime import run_session
 
 #: What a kept file must reach against PyTorch: the largest difference of
 #: a raw output relative to that output's largest magnitude; the share of
 #: the top detections found again (same label, IoU >= 0.99); the share of
-#: pixels given the same class.
+#: pixels given the same class; the share of mask cells of matched
+#: detections on the same side of the mask threshold.
 MAX_RELATIVE_DIFFERENCE = 1e-3
 MIN_DETECTIONS_MATCHED = 0.98
 MIN_PIXEL_AGREEMENT = 0.999
+MIN_MASK_AGREEMENT = 0.999
 MATCH_IOU = 0.99
 TOP_DETECTIONS = 100
 
@@ -27,8 +31,8 @@ def thresholds() -> str:
     """What a kept file must reach, in words."""
     return (f'relative differences up to {MAX_RELATIVE_DIFFERENCE:g}, '
             f'{100 * MIN_DETECTIONS_MATCHED:g}% of the top {TOP_DETECTIONS} '
-            f'detections matched and {100 * MIN_PIXEL_AGREEMENT:g}% pixel '
-            f'agreement')
+            f'detections matched, {100 * MIN_MASK_AGREEMENT:g}% mask '
+            f'agreement and {100 * MIN_PIXEL_AGREEMENT:g}% pixel agreement')
 
 
 class Check(NamedTuple):
@@ -38,6 +42,7 @@ class Check(NamedTuple):
     max_rel: float
     detections: Optional[Tuple[int, int]] = None  # matched, of
     pixel_agreement: Optional[float] = None
+    mask_agreement: Optional[float] = None
 
     @property
     def passed(self) -> bool:
@@ -47,6 +52,9 @@ class Check(NamedTuple):
             matched, total = self.detections
             if matched < MIN_DETECTIONS_MATCHED * total:
                 return False
+        if not (self.mask_agreement is None
+                or self.mask_agreement >= MIN_MASK_AGREEMENT):
+            return False
         return (self.pixel_agreement is None
                 or self.pixel_agreement >= MIN_PIXEL_AGREEMENT)
 
@@ -56,6 +64,8 @@ class Check(NamedTuple):
         if self.detections is not None:
             text += (f', detections matched {self.detections[0]} of '
                      f'{self.detections[1]}')
+        if self.mask_agreement is not None:
+            text += f', mask agreement {100 * self.mask_agreement:.3f}%'
         if self.pixel_agreement is not None:
             text += f', pixel agreement {100 * self.pixel_agreement:.3f}%'
         return text
@@ -108,6 +118,53 @@ def matched_detections(found, expected, top: int = TOP_DETECTIONS
     return int(matched), max(len(found), len(expected))
 
 
+def matched_pairs(found, expected, top: int = TOP_DETECTIONS
+                  ) -> List[Tuple[int, int]]:
+    """(index in ``found``, index in ``expected``) of each of the ``top``
+    best detections of ``found`` with its best match among the ``top`` of
+    ``expected`` (same label, IoU >= 0.99)."""
+    from mmdet.structures.bbox import bbox_overlaps
+    found, expected = found[:top], expected[:top]
+    if len(found) == 0 or len(expected) == 0:
+        return []
+    overlaps = bbox_overlaps(found.bboxes, expected.bboxes)
+    overlaps[found.labels[:, None] != expected.labels[None, :]] = -1
+    best, index = overlaps.max(dim=1)
+    return [(i, int(index[i])) for i in range(len(found))
+            if best[i] >= MATCH_IOU]
+
+
+def _instances(dets: Tensor, labels: Tensor):
+    """Mask R-CNN's file outputs as an InstanceData of boxes and labels."""
+    from mmengine.structures import InstanceData
+    return InstanceData(bboxes=dets[:, :4], scores=dets[:, 4],
+                        labels=labels.long())
+
+
+def _check_instances(module: nn.Module, size: Tuple[int, int],
+                     outputs: Sequence[Tensor], expected: Sequence[Tensor]
+                     ) -> Check:
+    """Mask R-CNN's detections of the file and of PyTorch matched, and the
+    raw differences of the matched ones' boxes, scores and masks (a
+    detection kept by one side only counts as unmatched, not as a
+    difference)."""
+    (dets, labels, masks), (ref_dets, ref_labels, ref_masks) = (
+        outputs, expected)
+    found, reference = _instances(dets, labels), _instances(ref_dets,
+                                                            ref_labels)
+    pairs = matched_pairs(found, reference)
+    total = max(min(len(found), TOP_DETECTIONS),
+                min(len(reference), TOP_DETECTIONS))
+    mine = [i for i, _ in pairs]
+    theirs = [j for _, j in pairs]
+    max_abs, max_rel = _differences(
+        [dets[mine], masks[mine]], [ref_dets[theirs], ref_masks[theirs]])
+    threshold = module.rcnn_cfg.get('mask_thr_binary', 0.5)
+    return Check(size, max_abs, max_rel, detections=(len(pairs), total),
+                 mask_agreement=matched_masks(masks, ref_masks, pairs,
+                                              threshold))
+
+
 def _check_score_free(head: nn.Module) -> Config:
     """The head's test config keeping the top detections whatever their
     score: a check must compare boxes even of a barely trained model."""
@@ -128,6 +185,8 @@ def check_file(session, module: nn.Module, size: Tuple[int, int],
         expected = module(x)
     expected = list(expected) if isinstance(expected, tuple) else [expected]
     outputs = run_session(session, x)
+    if module.part == 'instance segmentor':
+        return _check_instances(module, tuple(size), outputs, expected)
     max_abs, max_rel = _differences(outputs, expected)
     if not np.isfinite(max_abs):
         return Check(tuple(size), max_abs, max_rel)
