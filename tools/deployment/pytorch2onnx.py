@@ -5,7 +5,8 @@ Runtime against PyTorch before the file is kept.
         [--shape H W] [--dynamic] [--backbone-only] [--force]
 
 The input of the file is the normalised, padded image batch (1x3xHxW);
-the outputs are raw tensors that mmdet's and mmseg's own code decodes
+the outputs are raw tensors that mmdet's and mmseg's own code decodes, for
+Mask R-CNN its detections and 28x28 masks, pasted by mmdet's own code
 (tools/deployment/onnx_demo.py shows how). Needs `pip install -e .[deploy]`.
 """
 import argparse
