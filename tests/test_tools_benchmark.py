@@ -271,3 +271,87 @@ def test_benchmark_json_holds_every_figure_of_the_run(tmp_path):
     assert 0 < counts['eval'] < counts['train']
     # the same figures as the printed table
     assert '| Wave-ViT-S | bf16 | 2 |' in run.stdout
+
+
+@pytest.mark.slow
+def test_onnxruntime_table_times_both_models_with_the_same_outputs():
+    pytest.importorskip('onnxruntime')  # the deploy extras
+    from benchmarking import onnx_runtime
+    rows = onnx_runtime.onnxruntime_table((64, 96), (64, 96), repeat=1,
+                                          threads=2)
+    assert [(row['name'], row['variant'], row['input']) for row in rows] == [
+        ('Wave-ViT-S backbone', 'fused', [1, 3, 64, 96]),
+        ('RetinaNet Wave-ViT-S', 'fused', [1, 3, 64, 96])]
+    for row in rows:
+        assert 'error' not in row
+        assert row['pytorch_min'] > 0 and row['ort_min'] > 0
+        assert row['ratio_min'] == row['ort_min'] / row['pytorch_min']
+        assert row['max_rel_diff'] < 1e-4
+        assert 0 <= row['max_abs_diff'] < 1e-3
+        assert row['threads'] == 2
+    assert torch.get_num_threads() == THREADS  # restored
+
+
+THREADS = torch.get_num_threads()
+
+
+class GeluBlock(torch.nn.Module):
+    """A transformer FFN's patterns: Linear, GELU, residual, LayerNorm."""
+
+    part = 'block'
+    output_names = ['out']
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+        self.norm = torch.nn.LayerNorm(8)
+
+    def forward(self, x):
+        x = x.flatten(2)  # (1, 3, 8): 3 tokens of 8 channels
+        return self.norm(x + torch.nn.functional.gelu(self.fc(x)))
+
+
+@pytest.mark.slow
+def test_fused_onnx_export_has_the_runtime_gelu_and_skip_layernorm(
+        tmp_path):
+    pytest.importorskip('onnxruntime')  # the deploy extras
+    from benchmarking import onnx_runtime
+    module = GeluBlock().eval()
+    files = onnx_runtime.export_variants(module, (2, 4), ['fixed', 'fused'],
+                                         str(tmp_path))
+    import onnx
+    ops = {variant: {node.op_type for node in onnx.load(path).graph.node}
+           for variant, (path, _) in files.items()}
+    assert 'Erf' in ops['fixed'] and 'Gelu' not in ops['fixed']
+    # a bias before the GELU goes into it where the Linear is MatMul + Add
+    assert ops['fused'] & {'Gelu', 'BiasGelu'}
+    assert 'SkipLayerNormalization' in ops['fused']
+    assert 'Erf' not in ops['fused']
+    from wavevit_mm.apis.deployment import onnx_session, run_session
+    image = torch.randn(1, 3, 2, 4)
+    with torch.no_grad():
+        expected = module(image)
+    for path, _ in files.values():
+        (out, ) = run_session(onnx_session(path, 1), image)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_detector_input_is_padded_as_its_preprocessor_pads():
+    from benchmarking import onnx_runtime
+    assert onnx_runtime.padded((800, 1333), 32) == (800, 1344)
+    assert onnx_runtime.padded((64, 96), 32) == (64, 96)
+
+
+def test_onnxruntime_flag_without_onnxruntime_is_one_paragraph(
+        monkeypatch, capsys):
+    import benchmark
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # ImportError
+    with pytest.raises(SystemExit) as exit:
+        benchmark.main(['--onnxruntime', '--skip-wavelets',
+                        '--skip-backbones'])
+    assert exit.value.code == 1
+    captured = capsys.readouterr()
+    (line, ) = captured.err.splitlines()
+    assert line.startswith('benchmark.py: error: Exporting to ONNX')
+    assert 'pip install -e .[deploy]' in line
+    assert 'ONNX Runtime against' not in captured.out

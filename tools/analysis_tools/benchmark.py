@@ -1,8 +1,8 @@
 """Side-by-side speed and memory of Wave-ViT and other backbones, of the
-Haar transforms against pytorch_wavelets, and of detector training steps,
-measured in one run; ``--json`` keeps every figure in a file. The
-measurements are in ``benchmarking/`` beside this file, one module per
-table."""
+Haar transforms against pytorch_wavelets, of detector training steps, and
+of ONNX Runtime against PyTorch, measured in one run; ``--json`` keeps
+every figure in a file. The measurements are in ``benchmarking/`` beside
+this file, one module per table."""
 import argparse
 from typing import List, Optional
 
@@ -10,7 +10,8 @@ import torch
 from mmengine.logging import MMLogger
 
 from benchmarking import (backbones, detector, haar, latency, memory,
-                          operators, report, timing)
+                          onnx_runtime, operators, report, timing)
+from wavevit_mm.apis import deployment
 from wavevit_mm.errors import report_errors
 
 
@@ -79,6 +80,29 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         'reuse instead of page-faulting fresh memory for '
                         'every large tensor (applies to every row alike; '
                         'memory is always measured with the default)')
+    parser.add_argument('--onnxruntime', action='store_true',
+                        help='also time ONNX Runtime against PyTorch eager '
+                        'on the Wave-ViT-S backbone (--onnx-shape) and the '
+                        'RetinaNet Wave-ViT-S detector (--onnx-detector-'
+                        'shape), with the outputs compared (needs the '
+                        'deploy extras: onnx, onnxscript, onnxruntime)')
+    parser.add_argument('--onnx-shape', type=int, nargs=2,
+                        default=[800, 1216], metavar=('H', 'W'),
+                        help='input size of the backbone row')
+    parser.add_argument('--onnx-detector-shape', type=int, nargs=2,
+                        default=None, metavar=('H', 'W'),
+                        help='image size of the detector row, padded as '
+                        'its preprocessor pads (default: the test '
+                        'pipeline\'s 800x1333, padded to 800x1344)')
+    parser.add_argument('--onnx-threads', type=int, default=2,
+                        help='threads of PyTorch and of ONNX Runtime in '
+                        'that table')
+    parser.add_argument('--onnx-variants', nargs='+',
+                        default=list(onnx_runtime.DEFAULT_VARIANTS),
+                        choices=onnx_runtime.VARIANTS,
+                        help='exports to time: dynamic (as pytorch2onnx.py '
+                        '--dynamic), fixed (the size fixed), fused (fixed, '
+                        'with onnxruntime.transformers\' fusions)')
     parser.add_argument('--json', default=None, metavar='OUT',
                         help='also write every figure of the run to this '
                         'JSON file (rewritten after each table)')
@@ -105,6 +129,8 @@ def run(args: argparse.Namespace) -> None:
                          'default (mallopt unavailable)')
     print(f'malloc: {env["malloc"]}\n')
     record()
+    if args.onnxruntime:  # before any table: a missing package, at once
+        deployment.import_onnxruntime()
     if not (args.skip_backbones and args.train_step_shape is None
             and not args.count_ops):
         names = backbones.resolve_backbones(
@@ -148,6 +174,14 @@ def run(args: argparse.Namespace) -> None:
               'nested included)')
         operators.print_operator_counts(rows)
         record(operator_counts=rows)
+    if args.onnxruntime:
+        rows = onnx_runtime.onnxruntime_table(
+            args.onnx_shape, args.onnx_detector_shape, args.repeat,
+            args.onnx_threads, device, args.onnx_variants)
+        print(f'\nONNX Runtime against PyTorch eager, min / median of '
+              f'{args.repeat} interleaved repeats')
+        onnx_runtime.print_onnxruntime_table(rows)
+        record(onnxruntime=rows)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

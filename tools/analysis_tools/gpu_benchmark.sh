@@ -11,15 +11,15 @@
 # cut short keeps what it measured); OUT_DIR/steps.txt lists the steps with
 # their exit status and seconds, OUT_DIR/machine.txt the GPU and the
 # commit. A failing step does not stop the next one. The steps' time
-# limits add up to about 40 minutes.
+# limits add up to about 55 minutes.
 #
 # STEPS="haar mask_rcnn_amp" runs only the steps named (e.g. to redo
 # some); PYTHON picks the interpreter. The sizes can be made small to try
 # the script on a CPU, e.g.
 #   DEVICE=cpu DTYPES="fp32 bf16" TRAIN_DTYPES=bf16 SIZE="64 64" \
 #   TRAIN_STEP="1 64 64" TRAIN_SHAPE="128 160" HAAR_SHAPE="1 4 16 24" \
-#   REPEAT=1 \
-#   STEPS="backbones train_step haar count_ops" \
+#   REPEAT=1 ONNX_DETECTOR="64 96" \
+#   STEPS="backbones train_step haar count_ops onnxruntime" \
 #   bash tools/analysis_tools/gpu_benchmark.sh /tmp/out
 set -u
 out=$(mkdir -p "${1:?usage: gpu_benchmark.sh OUT_DIR}" && cd "$1" && pwd)
@@ -34,10 +34,11 @@ train_dtypes=${TRAIN_DTYPES:-bf16 fp32}
 train_step=${TRAIN_STEP:-2 800 1216} # B H W of the backbone training step
 train_shape=${TRAIN_SHAPE:-800 1333} # H W of the Mask R-CNN batch
 haar_shape=${HAAR_SHAPE:-}           # B C H W: else the README's three
+onnx_detector=${ONNX_DETECTOR:-}     # H W of the RetinaNet: else 800x1344
 backbones=(Wave-ViT-S Wave-ViT-B 'Wave-ViT-S (official formulation)'
            PVTv2-b2 ResNet-50)
 all_steps='backbones train_step haar count_ops count_ops_compiled compiled
-  compiled_train_step mask_rcnn_amp mask_rcnn_amp_compiled'
+  compiled_train_step mask_rcnn_amp mask_rcnn_amp_compiled onnxruntime'
 steps=" ${STEPS:-$all_steps} "
 bench=("$py" tools/analysis_tools/benchmark.py --device "$device"
        --repeat "$repeat")
@@ -81,7 +82,13 @@ step mask_rcnn_amp 300 --skip-wavelets --skip-backbones \
 step mask_rcnn_amp_compiled 300 --skip-wavelets --skip-backbones \
   --train-config configs/mask_rcnn_wavevit_s_coco.py \
   --train-shape $train_shape --train-batch-size 2 --amp --compile
+# ONNX Runtime (CUDAExecutionProvider where onnxruntime-gpu is installed,
+# else its CPU) against PyTorch on $device; the exports run on the CPU
+step onnxruntime 900 --skip-wavelets --skip-backbones --onnxruntime \
+  --onnx-shape $size --onnx-variants dynamic fused \
+  ${onnx_detector:+--onnx-detector-shape $onnx_detector}
 }
 # the tables, short: everything else is in the files
 grep -h -v -e '^|---' "$out"/*.log 2>/dev/null | grep -e '^|' -e '^device' \
-  -e '^training' -e '^matmul' -e 'not measured' -e 'difference'
+  -e '^training' -e '^matmul' -e 'not measured' -e 'difference' \
+  -e '^ONNX Runtime'

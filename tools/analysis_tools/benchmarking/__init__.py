@@ -1,7 +1,8 @@
 """The measurements behind ``tools/analysis_tools/benchmark.py``, one module
 per table: ``latency`` (backbone inference and training step), ``haar``
 (the wavelet transforms), ``operators`` (aten operator counts) and
-``detector`` (training throughput of a detector config). Beneath them:
+``detector`` (training throughput of a detector config) and
+``onnx_runtime`` (ONNX Runtime against PyTorch eager). Beneath them:
 ``backbones`` (the rows and the one backbone training step), ``timing``
 (precisions and timed calls), ``memory`` (peak memory, the allocator),
 ``official_formulation`` (the network as the official code computes it)

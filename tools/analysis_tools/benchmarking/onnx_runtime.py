@@ -1,0 +1,242 @@
+"""ONNX Runtime against PyTorch eager on the same input, in one run: the
+Wave-ViT-S backbone and the RetinaNet Wave-ViT-S detector (random weights,
+the head's raw outputs), each exported as the deployment tool exports it
+(``wavevit_mm.apis.deployment.onnx_program``) and run in the session it
+uses (``onnx_session``: every graph optimisation, CUDA where
+onnxruntime-gpu offers it).
+
+An export *variant* is what is done to the file before the session:
+
+- ``dynamic``: dynamic height and width, as ``pytorch2onnx.py --dynamic``;
+- ``fixed``: the size fixed at export, so shapes are constants the runtime
+  can fold;
+- ``fused``: ``fixed``, then ``onnxruntime.transformers.optimizer``'s
+  fusions (``model_type='bert'`` with the sizes inferred): the Erf form of
+  GELU to one ``Gelu`` node and residual Add + LayerNormalization to
+  ``SkipLayerNormalization``, contrib operators the runtime has CPU and
+  CUDA kernels for; ORT's own optimiser fuses neither pattern here.
+
+The calls are interleaved (PyTorch, then each variant's session, repeat
+after repeat) so that a loaded machine slows every column alike.
+"""
+import contextlib
+import logging
+import os.path as osp
+import statistics
+import tempfile
+import time
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from mmengine.config import Config
+from torch import Tensor, nn
+
+from wavevit_mm.apis import build_model
+from wavevit_mm.apis.deployment import (BackboneFeatures, DenseHeadOutputs,
+                                        default_shape, import_onnxruntime,
+                                        onnx_program, onnx_session,
+                                        run_session)
+from wavevit_mm.errors import InputError
+
+from .backbones import build_backbone
+from .report import failed_row, format_shape, print_markdown
+from .timing import time_call
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(
+    osp.abspath(__file__)))))
+DETECTOR_CONFIG = osp.join(ROOT, 'configs', 'retinanet_wavevit_s_coco.py')
+VARIANTS = ('dynamic', 'fixed', 'fused')
+#: The benchmark's export: what measured fastest with the same outputs.
+DEFAULT_VARIANTS = ('fused', )
+CPU = torch.device('cpu')
+
+
+def check_variants(variants: Sequence[str]) -> None:
+    """Refuse an export variant this table does not know."""
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise InputError(f'unknown ONNX export variant {variant!r}; one '
+                             f'of {", ".join(VARIANTS)}')
+
+
+def padded(shape: Tuple[int, int], divisor: int) -> Tuple[int, int]:
+    """``shape`` padded up to multiples of ``divisor``, as mmdet's data
+    preprocessor pads a batch."""
+    return tuple(-(-side // divisor) * divisor for side in shape)
+
+
+def detector_module(config: str, shape: Optional[Tuple[int, int]]
+                    ) -> Tuple[nn.Module, Tuple[int, int]]:
+    """The detector of ``config`` with random weights as its raw head
+    outputs, and the input size: ``shape`` (default: the test pipeline's
+    scale, 800x1333 for COCO) padded to the preprocessor's size divisor,
+    as the model sees it (800x1344)."""
+    cfg = Config.fromfile(config)
+    if shape is None:
+        shape = default_shape(cfg)
+    divisor = (cfg.model.get('data_preprocessor') or {}).get(
+        'pad_size_divisor') or 1
+    return DenseHeadOutputs(build_model(cfg)).eval(), padded(shape, divisor)
+
+
+def fuse(model_proto):
+    """The ONNX model with onnxruntime.transformers' fusions (GELU,
+    SkipLayerNormalization, attention where its pattern is found): a graph
+    rewrite only (``opt_level=0``); the session optimises the rest."""
+    from onnxruntime.transformers import optimizer
+    logging.getLogger('onnxruntime.transformers').setLevel(logging.WARNING)
+    model = optimizer.optimize_model(model_proto, model_type='bert',
+                                     num_heads=0, hidden_size=0,
+                                     opt_level=0)
+    return model.model
+
+
+def export_variants(module: nn.Module, shape: Tuple[int, int],
+                    variants: Sequence[str], directory: str
+                    ) -> Dict[str, Tuple[str, float]]:
+    """Each variant's file in ``directory``, with the seconds its export
+    and rewrite took (``fixed`` and ``fused`` share one export)."""
+    import onnx
+    files, programs = {}, {}
+    for variant in variants:
+        dynamic = variant == 'dynamic'
+        start = time.perf_counter()
+        if dynamic not in programs:
+            programs[dynamic] = onnx_program(module, shape, dynamic)
+        proto = programs[dynamic].model_proto
+        if variant == 'fused':
+            proto = fuse(proto)
+        path = osp.join(directory, f'{module.part}_{variant}.onnx')
+        onnx.save(proto, path)
+        files[variant] = path, time.perf_counter() - start
+    return files
+
+
+def differences(outputs: Sequence[Tensor], expected: Sequence[Tensor]
+                ) -> Tuple[float, float]:
+    """Largest absolute difference of any output, and the largest relative
+    to each expected output's largest magnitude (the measure the
+    deployment check keeps a file by)."""
+    max_abs = max_rel = 0.
+    for output, reference in zip(outputs, expected):
+        if output.shape != reference.shape:
+            return float('inf'), float('inf')
+        difference = (output.double() - reference.double().cpu()).abs().max()
+        scale = reference.double().abs().max().item() or 1.
+        max_abs = max(max_abs, difference.item())
+        max_rel = max(max_rel, difference.item() / scale)
+    return max_abs, max_rel
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """PyTorch on ``threads`` threads in the block, as many as the session
+    has, then back to what it had."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def compare(name: str, module: nn.Module, shape: Tuple[int, int],
+            variants: Sequence[str], repeat: int, threads: int,
+            device: torch.device) -> List[Dict]:
+    """One row per variant: PyTorch eager (no gradients) and the variant's
+    session on one random input, timed in turn, and their differences."""
+    torch.manual_seed(0)
+    image = torch.randn(1, 3, *shape)
+    with tempfile.TemporaryDirectory() as directory:
+        files = export_variants(module, shape, variants, directory)
+        module = module.to(device)
+        on_device = image.to(device)
+        with torch.no_grad():
+            expected = [out.cpu() for out in module(on_device)]
+
+        def eager() -> None:
+            with torch.no_grad():
+                module(on_device)
+
+        sessions = {}
+        for variant, (path, _) in files.items():
+            start = time.perf_counter()
+            session = onnx_session(path, threads)
+            sessions[variant] = (
+                session, time.perf_counter() - start)
+    calls: List[Tuple[str, Callable[[], object], torch.device]] = [
+        ('pytorch', eager, device)]
+    calls += [(variant, (lambda s=session: run_session(s, image)), CPU)
+              for variant, (session, _) in sessions.items()]
+    times: Dict[str, List[float]] = {key: [] for key, _, _ in calls}
+    # the outputs compared are the warm-up calls'
+    outputs = {variant: run_session(session, image)
+               for variant, (session, _) in sessions.items()}
+    time_call(eager, 0, device)  # PyTorch's warm-up
+    for _ in range(repeat):
+        for key, fn, on in calls:
+            times[key] += time_call(fn, 1, on, warmup=0)
+    torch_min, torch_median = min(times['pytorch']), statistics.median(
+        times['pytorch'])
+    rows = []
+    for variant, (session, session_s) in sessions.items():
+        ort_min, ort_median = min(times[variant]), statistics.median(
+            times[variant])
+        max_abs, max_rel = differences(outputs[variant], expected)
+        rows.append(dict(
+            name=name, variant=variant, input=[1, 3, *shape],
+            threads=threads, provider=session.get_providers()[0],
+            pytorch_min=torch_min, pytorch_median=torch_median,
+            ort_min=ort_min, ort_median=ort_median,
+            ratio_min=ort_min / torch_min,
+            ratio_median=ort_median / torch_median,
+            max_abs_diff=max_abs, max_rel_diff=max_rel,
+            export_s=files[variant][1], session_s=session_s))
+    return rows
+
+
+def onnxruntime_table(backbone_shape: Tuple[int, int],
+                      detector_shape: Optional[Tuple[int, int]],
+                      repeat: int, threads: int = 2,
+                      device: torch.device = CPU,
+                      variants: Sequence[str] = DEFAULT_VARIANTS,
+                      config: str = DETECTOR_CONFIG) -> List[Dict]:
+    """The rows of the Wave-ViT-S backbone at ``backbone_shape`` and of the
+    RetinaNet detector of ``config`` at ``detector_shape`` (padded as its
+    preprocessor pads; default from its test pipeline), for each export
+    variant, with ``threads`` threads in PyTorch and ONNX Runtime."""
+    import_onnxruntime()
+    check_variants(variants)
+    rows = []
+    with torch_threads(threads):
+        models = [
+            ('Wave-ViT-S backbone', lambda: (BackboneFeatures(
+                build_backbone('Wave-ViT-S')).eval(), tuple(backbone_shape))),
+            ('RetinaNet Wave-ViT-S', lambda: detector_module(
+                config, detector_shape and tuple(detector_shape)))]
+        for name, build in models:
+            try:
+                module, shape = build()
+                rows += compare(name, module, shape, variants, repeat,
+                                threads, device)
+            except (InputError, RuntimeError, MemoryError) as error:
+                rows += [failed_row(dict(name=name, variant=variant,
+                                         dtype=f'({variant} export)'), error,
+                                    device) for variant in variants]
+            module = None
+    return rows
+
+
+def print_onnxruntime_table(rows: List[Dict]) -> None:
+    print_markdown(
+        ['model', 'input', 'export', 'threads', 'provider',
+         'PyTorch min / median (s)', 'ONNX Runtime min / median (s)',
+         'ORT / PyTorch (min, median)', 'max abs diff', 'max rel diff'],
+        rows, lambda row: [
+            row['name'], format_shape(row['input']), row['variant'],
+            str(row['threads']), row['provider'].replace(
+                'ExecutionProvider', ''),
+            f'{row["pytorch_min"]:.3f} / {row["pytorch_median"]:.3f}',
+            f'{row["ort_min"]:.3f} / {row["ort_median"]:.3f}',
+            f'{row["ratio_min"]:.2f}x, {row["ratio_median"]:.2f}x',
+            f'{row["max_abs_diff"]:.1e}', f'{row["max_rel_diff"]:.1e}'])
