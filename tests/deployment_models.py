@@ -5,12 +5,15 @@ import textwrap
 
 import onnxruntime
 import torch
+from mmdet.structures import DetDataSample
 
 from helpers import ROOT
 from toy_runs import TOY
 from wavevit_mm.apis import build_model, load_config
+from wavevit_mm.apis.deployment import image_metas
 
-RETINANET_CONFIG = os.path.join(TOY, 'configs', 'retinanet_wavevit_toy_coco.py')
+RETINANET_CONFIG = os.path.join(TOY, 'configs',
+                                'retinanet_wavevit_toy_coco.py')
 #: the toy configs' Wave-ViT
 TOY_ARCH = dict(stem_width=16, embed_dims=[32, 64, 128, 160],
                 num_heads=[1, 2, 4, 5], mlp_ratios=[4, 4, 4, 4],
@@ -39,9 +42,10 @@ def toy_one_stage_config(folder, family):
 
 def save_checkpoint(config, path, seed=0):
     """A whole-model checkpoint of the untrained model, as mmengine saves
-    it (with the config's class names and palette), with the classification biases at 0 instead of the prior's -4.6:
-    scores spread over (0, 1) as in a trained detector, so detections pass
-    the test score threshold. Returns the model (eval mode)."""
+    it (with the config's class names and palette), with the
+    classification biases at 0 instead of the prior's -4.6: scores spread
+    over (0, 1) as in a trained detector, so detections pass the test
+    score threshold. Returns the model (eval mode)."""
     cfg = load_config(config)
     torch.manual_seed(seed)
     model = build_model(cfg)
@@ -60,3 +64,14 @@ def run(path, x):
     return [torch.from_numpy(o) for o in session.run(None, {name: x.numpy()})]
 
 
+
+
+def output_names(path):
+    return [o.name for o in onnxruntime.InferenceSession(path).get_outputs()]
+
+
+def detector_input(size, seed=1):
+    """A random normalised batch of one image of ``size``, and its sample
+    as mmdet's ``predict`` takes it (neither resized nor padded)."""
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(seed))
+    return x, [DetDataSample(metainfo=image_metas(size)[0])]

@@ -1,6 +1,9 @@
 """tools/deployment/pytorch2onnx.py and onnx_demo.py, run in this process
-on the toy RetinaNet: the verification table, the refusals as one
-paragraph, and the demo's picture against tools/image_demo.py's."""
+on the toy RetinaNet: the verification table, the file at other sizes (odd
+ones included) against PyTorch and mmdet's own ``predict``, the refusals
+as one paragraph, and the demo's picture against tools/image_demo.py's.
+The one dynamic export of a one-stage detector in the suite is made here,
+by the tool."""
 import contextlib
 import io
 import os
@@ -9,9 +12,13 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 
-from deployment_models import RETINANET_CONFIG, save_checkpoint
+from deployment_models import (OTHER_SIZES, RETINANET_CONFIG, detector_input,
+                               output_names, run, save_checkpoint)
 from toy_runs import SEG_CONFIG, run_tool
+from wavevit_mm.apis.deployment import (decode_detections, image_metas,
+                                        matched_detections)
 
 pytestmark = pytest.mark.slow
 
@@ -27,21 +34,21 @@ def assert_one_paragraph(result, prog, *parts):
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
     """The toy RetinaNet's checkpoint and its dynamic export by the tool,
-    with what the tool printed."""
+    with what the tool printed, and the model."""
     folder = tmp_path_factory.mktemp('exported')
     checkpoint = str(folder / 'model.pth')
-    save_checkpoint(RETINANET_CONFIG, checkpoint)
+    model = save_checkpoint(RETINANET_CONFIG, checkpoint)
     out = str(folder / 'retinanet.onnx')
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         result = run_tool('deployment/pytorch2onnx.py',
                           [RETINANET_CONFIG, checkpoint, '--out', out,
                            '--dynamic'], cwd=str(folder))
-    return checkpoint, out, result, printed.getvalue()
+    return checkpoint, out, result, printed.getvalue(), model
 
 
 def test_export_prints_the_verification_table(exported):
-    _, out, result, printed = exported
+    _, out, result, printed, _ = exported
     assert result.code == 0, result.stderr
     assert os.path.isfile(out)
     assert ('| model | part | size | difference (ONNX Runtime vs PyTorch) |'
@@ -53,8 +60,45 @@ def test_export_prints_the_verification_table(exported):
     assert all('detections matched 100 of 100' in row for row in rows)
 
 
+def test_the_file_runs_at_other_sizes_as_pytorch(exported):
+    """Exported once, run at three other sizes, odd ones and one larger
+    than any it was traced or checked at: the backbone's, the neck's and
+    the head's raw outputs as PyTorch's."""
+    model, out = exported[4], exported[1]
+    names = output_names(out)
+    for size in OTHER_SIZES:
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            expected = model.bbox_head(model.extract_feat(x))
+        expected = [t for group in expected for t in group]
+        outputs = run(out, x)
+        assert len(outputs) == len(expected) == len(names)
+        for output, reference in zip(outputs, expected):
+            assert output.shape == reference.shape
+            torch.testing.assert_close(output, reference, atol=1e-4,
+                                       rtol=1e-4)
+
+
+def test_the_file_gives_mmdets_detections(exported):
+    """At an odd size: ONNX Runtime's raw outputs decoded by the head's
+    own predict_by_feat, against mmdet's predict() on the model."""
+    model, out = exported[4], exported[1]
+    x, samples = detector_input((111, 149))
+    with torch.no_grad():
+        expected = model.predict(x, samples, rescale=False)[0].pred_instances
+        found = decode_detections(model.bbox_head, run(out, x),
+                                  output_names(out),
+                                  image_metas((111, 149)))[0]
+    assert len(expected) > 10
+    assert len(found) == len(expected)
+    matched, total = matched_detections(found, expected, top=len(expected))
+    assert matched >= 0.98 * total
+    torch.testing.assert_close(found.scores, expected.scores, atol=1e-4,
+                               rtol=1e-4)
+
+
 def test_an_existing_file_needs_force(exported, tmp_path):
-    checkpoint, out, _, _ = exported
+    checkpoint, out, _, _, _ = exported
     before = os.path.getmtime(out)
     result = run_tool('deployment/pytorch2onnx.py',
                       [RETINANET_CONFIG, checkpoint, '--out', out,
@@ -87,7 +131,7 @@ def test_a_config_that_does_not_export_is_one_paragraph(exported, tmp_path):
 
 
 def test_demo_draws_what_image_demo_draws(exported, toy_workspace, tmp_path):
-    checkpoint, out, _, _ = exported
+    checkpoint, out, _, _, _ = exported
     val = toy_workspace / 'data' / 'toy_coco' / 'val'
     image = str(val / sorted(os.listdir(val))[0])
     from_onnx, from_checkpoint = tmp_path / 'onnx.png', tmp_path / 'pth.png'
