@@ -26,12 +26,17 @@ $(STAMP): requirements.txt pyproject.toml setup.py wavevit_mm/ops/csrc/haar.cpp
 # that share the cores with other work (the tools the tests run, anything
 # else on a small machine) spin and slow the suite down several times.
 TEST_ENV := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
+# The test files run side by side on TEST_WORKERS processes (pytest-xdist),
+# each file whole on one of them, so that a module's shared exports and
+# training runs are made once.
+TEST_WORKERS ?= 2
+TEST_OPTS := -n $(TEST_WORKERS) --dist loadfile
 
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest $(TEST_OPTS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest $(TEST_OPTS) -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	PYTHON=$(abspath $(PY)) bash projects/toy_shapes/demo.sh

@@ -1,6 +1,6 @@
 """ONNX Runtime against PyTorch eager on the same input, in one run: the
-Wave-ViT-S backbone and the RetinaNet Wave-ViT-S detector (random weights,
-the head's raw outputs), each exported as the deployment tool exports it
+RetinaNet Wave-ViT-S detector (random weights, the head's raw outputs) and
+its Wave-ViT-S backbone alone, each exported as the deployment tool exports it
 (``wavevit_mm.apis.deployment.onnx_program``) and run in the session it
 uses (``onnx_session``: every graph optimisation, CUDA where
 onnxruntime-gpu offers it).
@@ -29,16 +29,15 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config
-from torch import Tensor, nn
+from torch import nn
 
 from wavevit_mm.apis import build_model
 from wavevit_mm.apis.deployment import (BackboneFeatures, DenseHeadOutputs,
-                                        default_shape, import_onnxruntime,
-                                        onnx_program, onnx_session,
-                                        run_session)
+                                        default_shape, differences,
+                                        import_onnxruntime, onnx_program,
+                                        onnx_session, run_session)
 from wavevit_mm.errors import InputError
 
-from .backbones import build_backbone
 from .report import failed_row, format_shape, print_markdown
 from .timing import time_call
 
@@ -110,22 +109,6 @@ def export_variants(module: nn.Module, shape: Tuple[int, int],
         onnx.save(proto, path)
         files[variant] = path, time.perf_counter() - start
     return files
-
-
-def differences(outputs: Sequence[Tensor], expected: Sequence[Tensor]
-                ) -> Tuple[float, float]:
-    """Largest absolute difference of any output, and the largest relative
-    to each expected output's largest magnitude (the measure the
-    deployment check keeps a file by)."""
-    max_abs = max_rel = 0.
-    for output, reference in zip(outputs, expected):
-        if output.shape != reference.shape:
-            return float('inf'), float('inf')
-        difference = (output.double() - reference.double().cpu()).abs().max()
-        scale = reference.double().abs().max().item() or 1.
-        max_abs = max(max_abs, difference.item())
-        max_rel = max(max_rel, difference.item() / scale)
-    return max_abs, max_rel
 
 
 @contextlib.contextmanager
@@ -201,29 +184,33 @@ def onnxruntime_table(backbone_shape: Tuple[int, int],
                       device: torch.device = CPU,
                       variants: Sequence[str] = DEFAULT_VARIANTS,
                       config: str = DETECTOR_CONFIG) -> List[Dict]:
-    """The rows of the Wave-ViT-S backbone at ``backbone_shape`` and of the
-    RetinaNet detector of ``config`` at ``detector_shape`` (padded as its
-    preprocessor pads; default from its test pipeline), for each export
-    variant, with ``threads`` threads in PyTorch and ONNX Runtime."""
+    """The rows of the RetinaNet detector of ``config`` (Wave-ViT-S by
+    default) at ``detector_shape`` (padded as its preprocessor pads;
+    default from its test pipeline) and of its backbone alone at
+    ``backbone_shape``, for each export variant, with ``threads`` threads
+    in PyTorch and ONNX Runtime."""
     import_onnxruntime()
     check_variants(variants)
+    name = osp.splitext(osp.basename(config))[0]
     rows = []
     with torch_threads(threads):
-        models = [
-            ('Wave-ViT-S backbone', lambda: (BackboneFeatures(
-                build_backbone('Wave-ViT-S')).eval(), tuple(backbone_shape))),
-            ('RetinaNet Wave-ViT-S', lambda: detector_module(
-                config, detector_shape and tuple(detector_shape)))]
-        for name, build in models:
+        try:
+            detector, shape = detector_module(
+                config, detector_shape and tuple(detector_shape))
+            models = [(f'{name} backbone', BackboneFeatures(detector.model),
+                       tuple(backbone_shape)), (name, detector, shape)]
+        except (InputError, RuntimeError, MemoryError) as error:
+            return [failed_row(dict(name=name, variant=variant,
+                                    dtype=f'({variant} export)'), error,
+                               device) for variant in variants]
+        for row_name, module, shape in models:
             try:
-                module, shape = build()
-                rows += compare(name, module, shape, variants, repeat,
-                                threads, device)
+                rows += compare(row_name, module.eval(), shape, variants,
+                                repeat, threads, device)
             except (InputError, RuntimeError, MemoryError) as error:
-                rows += [failed_row(dict(name=name, variant=variant,
+                rows += [failed_row(dict(name=row_name, variant=variant,
                                          dtype=f'({variant} export)'), error,
                                     device) for variant in variants]
-            module = None
     return rows
 
 

@@ -29,8 +29,8 @@ from .inference import draw_prediction, predict_image_onnx
 from .runtime import (DEPLOY_INSTALL, ExportError, import_onnxruntime,
                       onnx_session, run_session)
 from .two_stage import MaskRCNNOutputs, predicted_instances
-from .verification import (Check, check_file, decode_detections, image_metas,
-                           matched_detections)
+from .verification import (Check, check_file, decode_detections, differences,
+                           image_metas, matched_detections)
 
 __all__ = [
     'OPSET', 'ExportReport', 'export_onnx', 'format_checks', 'load_model',
@@ -40,5 +40,5 @@ __all__ = [
     'default_shape', 'exportable', 'second_size', 'draw_prediction',
     'predict_image_onnx', 'DEPLOY_INSTALL', 'ExportError',
     'import_onnxruntime', 'onnx_session', 'run_session', 'Check', 'check_file',
-    'decode_detections', 'image_metas', 'matched_detections'
+    'decode_detections', 'differences', 'image_metas', 'matched_detections'
 ]

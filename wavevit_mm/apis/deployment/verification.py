@@ -71,7 +71,7 @@ class Check(NamedTuple):
         return text
 
 
-def _differences(outputs: Sequence[Tensor], expected: Sequence[Tensor]
+def differences(outputs: Sequence[Tensor], expected: Sequence[Tensor]
                  ) -> Tuple[float, float]:
     """Largest absolute difference, and the largest relative to each
     expected output's largest magnitude."""
@@ -157,7 +157,7 @@ def _check_instances(module: nn.Module, size: Tuple[int, int],
                 min(len(reference), TOP_DETECTIONS))
     mine = [i for i, _ in pairs]
     theirs = [j for _, j in pairs]
-    max_abs, max_rel = _differences(
+    max_abs, max_rel = differences(
         [dets[mine], masks[mine]], [ref_dets[theirs], ref_masks[theirs]])
     threshold = module.rcnn_cfg.get('mask_thr_binary', 0.5)
     return Check(size, max_abs, max_rel, detections=(len(pairs), total),
@@ -187,7 +187,7 @@ def check_file(session, module: nn.Module, size: Tuple[int, int],
     outputs = run_session(session, x)
     if module.part == 'instance segmentor':
         return _check_instances(module, tuple(size), outputs, expected)
-    max_abs, max_rel = _differences(outputs, expected)
+    max_abs, max_rel = differences(outputs, expected)
     if not np.isfinite(max_abs):
         return Check(tuple(size), max_abs, max_rel)
     if module.part == 'detector':
