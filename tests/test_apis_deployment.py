@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from mmseg.structures import SegDataSample
@@ -16,9 +18,12 @@ from deployment_models import (RETINANET_CONFIG, TOY_SIZE, detector_input,
                                output_names, run, save_checkpoint,
                                toy_one_stage_config)
 from toy_runs import SEG_CONFIG
+from wavevit_mm.apis import predict_image
 from wavevit_mm.apis.deployment import (ExportError, decode_detections,
                                         export_onnx, image_metas,
-                                        matched_detections)
+                                        matched_detections,
+                                        predict_image_onnx)
+from wavevit_mm.apis.inference import draw_prediction, read_image
 from wavevit_mm.errors import CheckpointError
 
 
@@ -69,15 +74,21 @@ def upernet(tmp_path_factory):
     return model, str(folder / 'model.pth')
 
 
-@pytest.mark.slow
-def test_upernet_exports_at_its_crop_size_and_gives_mmsegs_classes(
-        upernet, tmp_path):
+@pytest.fixture(scope='module')
+def upernet_file(upernet, tmp_path_factory):
+    """The toy UperNet exported at its crop size over an earlier file."""
     model, checkpoint = upernet
-    out = tmp_path / 'upernet.onnx'
+    out = tmp_path_factory.mktemp('upernet_file') / 'upernet.onnx'
     out.write_bytes(b'an earlier export')
     report = export_onnx(SEG_CONFIG, checkpoint, str(out), force=True,
                          log=lambda _: None)
-    out = str(out)
+    return model, checkpoint, str(out), report
+
+
+@pytest.mark.slow
+def test_upernet_exports_at_its_crop_size_and_gives_mmsegs_classes(
+        upernet_file):
+    model, _, out, report = upernet_file
     assert report.part == 'segmentor' and not report.dynamic
     assert [c.size for c in report.checks] == [TOY_SIZE]
 
@@ -93,6 +104,50 @@ def test_upernet_exports_at_its_crop_size_and_gives_mmsegs_classes(
     assert agreement.double().mean() >= 0.999
     with pytest.raises(Exception, match='dimensions|shape'):
         run(out, torch.randn(1, 3, 96, 160))  # the size is fixed
+
+
+@pytest.mark.slow
+def test_prediction_from_the_file_draws_what_the_checkpoint_draws(
+        upernet_file, toy_workspace, tmp_path, warnings_logged):
+    """What onnx_demo.py runs (predict_image_onnx, draw_prediction) on a
+    toy ADE20K image, 128x128 as the file, against what image_demo.py runs
+    on the checkpoint (predict_image): the same class at each pixel, the
+    same picture."""
+    _, checkpoint, out, _ = upernet_file
+    val = toy_workspace / 'data' / 'toy_ade20k' / 'images' / 'validation'
+    path = str(val / sorted(os.listdir(val))[0])
+    image = read_image(path)
+    found, model = predict_image_onnx(image, SEG_CONFIG, out)
+    draw_prediction(model, image, found, str(tmp_path / 'onnx.png'))
+    expected = predict_image(path, SEG_CONFIG, checkpoint,
+                             str(tmp_path / 'pth.png'))
+    assert found.pred_sem_seg.shape == expected.pred_sem_seg.shape == (
+        128, 128)
+    agreement = (found.pred_sem_seg.data == expected.pred_sem_seg.data)
+    assert agreement.double().mean() >= 0.999
+    drawn, reference = (cv2.imread(str(tmp_path / name))
+                        for name in ('onnx.png', 'pth.png'))
+    assert drawn.shape == reference.shape == image.shape
+    assert np.mean(drawn != reference) < 5e-3
+    assert not warnings_logged
+
+
+@pytest.mark.slow
+def test_a_smaller_image_is_padded_to_the_fixed_size_with_a_warning(
+        upernet_file, toy_workspace, tmp_path, warnings_logged):
+    """Stretched to 96x160, the image is 77x128 after the test pipeline:
+    zero-padded to the file's 128x128, the logits cropped back to the
+    image, and one warning says the padding changes the prediction."""
+    val = toy_workspace / 'data' / 'toy_ade20k' / 'images' / 'validation'
+    image = cv2.resize(read_image(str(val / sorted(os.listdir(val))[0])),
+                       (160, 96))
+    found, _ = predict_image_onnx(image, SEG_CONFIG, upernet_file[2])
+    assert found.pred_sem_seg.shape == (96, 160)
+    (warning, ) = warnings_logged
+    assert warning.startswith('The image is 77x128 after the test pipeline '
+                              'and the file was exported at 128x128: it is '
+                              'zero-padded')
+    assert '--shape 77 128' in warning
 
 
 @pytest.mark.slow

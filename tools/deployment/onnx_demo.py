@@ -5,8 +5,9 @@ tools/image_demo.py does with the checkpoint."""
 import argparse
 
 from wavevit_mm.apis import describe
-from wavevit_mm.apis.deployment import draw_prediction, predict_image_onnx
-from wavevit_mm.apis.inference import add_drawing_arguments, read_image
+from wavevit_mm.apis.deployment import predict_image_onnx
+from wavevit_mm.apis.inference import (add_drawing_arguments, draw_prediction,
+                                      read_image)
 from wavevit_mm.errors import report_errors
 
 

@@ -25,7 +25,7 @@ from .export import (OPSET, ExportReport, export_onnx, format_checks,
 from .exportable import (BackboneFeatures, DenseHeadOutputs,
                          SegmentationLogits, default_shape, exportable,
                          second_size)
-from .inference import draw_prediction, predict_image_onnx
+from .inference import predict_image_onnx
 from .runtime import (DEPLOY_INSTALL, ExportError, import_onnxruntime,
                       onnx_session, run_session)
 from .two_stage import MaskRCNNOutputs, predicted_instances
@@ -37,7 +37,7 @@ __all__ = [
     'onnx_program',
     'BackboneFeatures', 'DenseHeadOutputs', 'MaskRCNNOutputs',
     'SegmentationLogits', 'predicted_instances',
-    'default_shape', 'exportable', 'second_size', 'draw_prediction',
+    'default_shape', 'exportable', 'second_size',
     'predict_image_onnx', 'DEPLOY_INSTALL', 'ExportError',
     'import_onnxruntime', 'onnx_session', 'run_session', 'Check', 'check_file',
     'decode_detections', 'differences', 'image_metas', 'matched_detections'

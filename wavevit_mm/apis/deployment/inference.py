@@ -3,14 +3,14 @@ preprocessor, the file in ONNX Runtime, mmdet's or mmseg's decoding (for
 Mask R-CNN, its masks pasted by mmdet's own code), and their visualizers
 to draw the result."""
 import copy
-import os
-import os.path as osp
+import logging
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 from mmengine.config import Config
-from torch import Tensor, nn
+from mmengine.logging import print_log
+from torch import Tensor
 
 from ...errors import InputError
 from ..complexity import build_model
@@ -43,8 +43,8 @@ def dataset_meta(cfg: Config) -> Dict:
 
 def _fit_fixed_input(session, inputs: Tensor, sample) -> Tensor:
     """Zero-pad ``inputs`` at the bottom/right to a fixed-size file's size
-    (noting the padding for mmseg's post-processing); dynamic files take
-    any size."""
+    (noting the padding for mmseg's post-processing), with a warning: the
+    padding changes the prediction. Dynamic files take any size."""
     height, width = session.get_inputs()[0].shape[2:]
     if not (isinstance(height, int) and isinstance(width, int)):
         return inputs
@@ -55,6 +55,15 @@ def _fit_fixed_input(session, inputs: Tensor, sample) -> Tensor:
             f'test pipeline, larger than the {height}x{width} the file was '
             f'exported at; export it at this size (--shape) or resize the '
             f'image.')
+    if pad_h or pad_w:
+        print_log(
+            f'The image is {inputs.shape[2]}x{inputs.shape[3]} after the '
+            f'test pipeline and the file was exported at {height}x{width}: '
+            f'it is zero-padded at the bottom and right, which changes the '
+            f'prediction from the one PyTorch makes on the unpadded image; '
+            f'export at this size (--shape {inputs.shape[2]} '
+            f'{inputs.shape[3]}) for that one.', logger='current',
+            level=logging.WARNING)
     sample.set_metainfo(dict(padding_size=[0, pad_w, 0, pad_h]))
     return torch.nn.functional.pad(inputs, (0, pad_w, 0, pad_h))
 
@@ -66,8 +75,9 @@ def predict_image_onnx(image: np.ndarray, config: str, model_file: str,
     Runtime, then mmdet's or mmseg's own decoding. Returns
     ``(prediction, model)``: a DetDataSample or SegDataSample, and the
     model built from the config (not its weights, which are in the file),
-    with the config as ``model.cfg`` (as mmdet's ``init_detector`` sets
-    it), for :func:`draw_prediction`."""
+    with the config as ``model.cfg`` and the test set's classes as
+    ``model.dataset_meta`` (as mmdet's ``init_detector`` sets them), for
+    :func:`~wavevit_mm.apis.inference.draw_prediction`."""
     session = onnx_session(model_file)
     part = session.get_modelmeta().custom_metadata_map.get('wavevit_mm.part')
     if part not in ('detector', 'instance segmentor', 'segmentor'):
@@ -77,7 +87,7 @@ def predict_image_onnx(image: np.ndarray, config: str, model_file: str,
             f'segmentors exported by it (without --backbone-only).')
     cfg = load_config(config, cfg_options)
     model = build_model(cfg)
-    model.cfg = cfg
+    model.cfg, model.dataset_meta = cfg, dataset_meta(cfg)
     data = test_pipeline(cfg)(dict(img=image[..., ::-1].copy(), img_id=0))
     with torch.no_grad():
         data = model.data_preprocessor(
@@ -113,25 +123,3 @@ def predict_image_onnx(image: np.ndarray, config: str, model_file: str,
         results = decode_detections(model.bbox_head, outputs, names,
                                     [sample.metainfo], rescale=True)
         return model.add_pred_to_datasample([sample], results)[0], model
-
-
-def draw_prediction(model: nn.Module, image: np.ndarray, prediction,
-                    out_file: str, score_thr: float = 0.3,
-                    opacity: float = 0.5) -> None:
-    """Draw a prediction of :func:`predict_image_onnx` on the RGB image
-    with mmdet's or mmseg's visualizer, as ``tools/image_demo.py`` does."""
-    cfg = model.cfg
-    os.makedirs(osp.dirname(osp.abspath(out_file)), exist_ok=True)
-    model.dataset_meta = dataset_meta(cfg)
-    if scope_of(cfg) == 'mmdet':
-        from mmdet.registry import VISUALIZERS
-        visualizer = VISUALIZERS.build(cfg.visualizer)
-        visualizer.dataset_meta = model.dataset_meta
-        visualizer.add_datasample(
-            'result', image, data_sample=prediction, draw_gt=False,
-            show=False, out_file=out_file, pred_score_thr=score_thr)
-    else:
-        from mmseg.apis import show_result_pyplot
-        show_result_pyplot(model, image, prediction, opacity=opacity,
-                           show=False, draw_gt=False, out_file=out_file,
-                           save_dir=None)
