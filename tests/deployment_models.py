@@ -24,20 +24,28 @@ TOY_SIZE = (128, 128)
 OTHER_SIZES = [(96, 160), (97, 131), (250, 330)]
 
 
-def toy_one_stage_config(folder, family):
-    """The shipped ``family`` config (ATSS or GFL) with the toy Wave-ViT
-    and heads as narrow as the toy RetinaNet's."""
-    path = folder / f'{family}_toy.py'
+def toy_config(folder, name, neck='', heads=''):
+    """The shipped config ``name`` with the toy Wave-ViT and the neck
+    taking its widths; ``neck`` more settings of the neck, ``heads`` more
+    of the model."""
+    path = folder / f'{name}_toy.py'
     path.write_text(textwrap.dedent(f'''
-        _base_ = ['{ROOT}/configs/{family}_wavevit_s_3x_coco.py']
+        _base_ = ['{ROOT}/configs/{name}.py']
         model = dict(
             backbone=dict(arch=dict(_delete_=True, **{TOY_ARCH}),
                           drop_path_rate=0.0, init_cfg=None),
-            neck=dict(in_channels={TOY_ARCH['embed_dims']}, out_channels=64),
-            bbox_head=dict(num_classes=3, in_channels=64, feat_channels=64,
-                           stacked_convs=2))
+            neck=dict(in_channels={TOY_ARCH['embed_dims']}, {neck}), {heads})
         '''))
     return str(path)
+
+
+def toy_one_stage_config(folder, family):
+    """The shipped ``family`` config (ATSS or GFL) with the toy Wave-ViT
+    and heads as narrow as the toy RetinaNet's."""
+    return toy_config(
+        folder, f'{family}_wavevit_s_3x_coco', neck='out_channels=64',
+        heads='bbox_head=dict(num_classes=3, in_channels=64, '
+        'feat_channels=64, stacked_convs=2)')
 
 
 def save_checkpoint(config, path, seed=0):
@@ -75,3 +83,22 @@ def detector_input(size, seed=1):
     as mmdet's ``predict`` takes it (neither resized nor padded)."""
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(seed))
     return x, [DetDataSample(metainfo=image_metas(size)[0])]
+
+
+def assert_gives_mmdets_detections(model, path, size):
+    """The file's raw outputs on a random input of ``size``, decoded by
+    the head's own ``predict_by_feat``, against mmdet's ``predict`` on
+    the model: as many detections, 98% matched, the same scores."""
+    from wavevit_mm.apis.deployment import (decode_detections,
+                                            matched_detections)
+    x, samples = detector_input(size)
+    with torch.no_grad():
+        expected = model.predict(x, samples, rescale=False)[0].pred_instances
+        found = decode_detections(model.bbox_head, run(path, x),
+                                  output_names(path), image_metas(size))[0]
+    assert len(expected) > 10
+    assert len(found) == len(expected)
+    matched, total = matched_detections(found, expected, top=len(expected))
+    assert matched >= 0.98 * total
+    torch.testing.assert_close(found.scores, expected.scores, atol=1e-4,
+                               rtol=1e-4)

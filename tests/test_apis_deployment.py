@@ -14,14 +14,12 @@ import torch
 from mmseg.structures import SegDataSample
 
 from helpers import ROOT
-from deployment_models import (RETINANET_CONFIG, TOY_SIZE, detector_input,
-                               output_names, run, save_checkpoint,
-                               toy_one_stage_config)
+from deployment_models import (RETINANET_CONFIG, TOY_SIZE,
+                               assert_gives_mmdets_detections, run,
+                               save_checkpoint, toy_one_stage_config)
 from toy_runs import SEG_CONFIG
 from wavevit_mm.apis import predict_image
-from wavevit_mm.apis.deployment import (ExportError, decode_detections,
-                                        export_onnx, image_metas,
-                                        matched_detections,
+from wavevit_mm.apis.deployment import (ExportError, export_onnx,
                                         predict_image_onnx)
 from wavevit_mm.apis.inference import draw_prediction, read_image
 from wavevit_mm.errors import CheckpointError
@@ -54,17 +52,7 @@ def test_one_stage_detectors_give_mmdets_detections(family, tmp_path):
 
     # on another input: ONNX Runtime's raw outputs decoded by the head,
     # against mmdet's own predict() on the model
-    x, samples = detector_input(TOY_SIZE)
-    with torch.no_grad():
-        expected = model.predict(x, samples, rescale=False)[0].pred_instances
-        found = decode_detections(model.bbox_head, run(out, x),
-                                  output_names(out), image_metas(TOY_SIZE))[0]
-    assert len(expected) > 10
-    assert len(found) == len(expected)
-    matched, total = matched_detections(found, expected, top=len(expected))
-    assert matched >= 0.98 * total
-    torch.testing.assert_close(found.scores, expected.scores, atol=1e-4,
-                               rtol=1e-4)
+    assert_gives_mmdets_detections(model, out, TOY_SIZE)
 
 
 @pytest.fixture(scope='module')

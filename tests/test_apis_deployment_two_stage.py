@@ -3,14 +3,12 @@ rebuilt test path against mmdet's own ``predict``, the file in ONNX Runtime
 against it at the export size and at odd ones, and the two-stage detectors
 that stay refused, each with one paragraph."""
 import os
-import textwrap
 
 import pytest
 import torch
 from mmdet.structures import DetDataSample
 
-from deployment_models import TOY_ARCH, TOY_SIZE, run, save_checkpoint
-from helpers import ROOT
+from deployment_models import TOY_SIZE, run, save_checkpoint, toy_config
 from toy_runs import DET_CONFIG
 from wavevit_mm.apis import build_model, load_config
 from wavevit_mm.apis.deployment import (ExportError, export_onnx, exportable,
@@ -117,19 +115,6 @@ def test_the_file_gives_mmdets_detections_and_masks_at_other_sizes(
     assert_same_instances(found, mmdet_predict(model, x), exact=False)
 
 
-def toy_two_stage_config(folder, name):
-    """A shipped two-stage config with the toy Wave-ViT."""
-    path = folder / f'{name}_toy.py'
-    path.write_text(textwrap.dedent(f'''
-        _base_ = ['{ROOT}/configs/{name}.py']
-        model = dict(
-            backbone=dict(arch=dict(_delete_=True, **{TOY_ARCH}),
-                          drop_path_rate=0.0, init_cfg=None),
-            neck=dict(in_channels={TOY_ARCH['embed_dims']}))
-        '''))
-    return str(path)
-
-
 @pytest.mark.parametrize('name, says', [
     ('cascade_mask_rcnn_wavevit_s_3x_coco',
      'CascadeRoIHead is not exported: the whole-model export rebuilds the '
@@ -142,7 +127,7 @@ def toy_two_stage_config(folder, name):
      'R-CNN); its DIIHead stages update learned proposal features')])
 def test_other_two_stage_detectors_are_refused_in_one_paragraph(
         tmp_path, name, says):
-    config = toy_two_stage_config(tmp_path, name)
+    config = toy_config(tmp_path, name)
     model = build_model(load_config(config))
     with pytest.raises(ExportError) as error:
         exportable(model, config, dynamic=True)

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from deployment_models import (OTHER_SIZES, RETINANET_CONFIG, detector_input,
-                               output_names, run, save_checkpoint)
+from deployment_models import (OTHER_SIZES, RETINANET_CONFIG,
+                               assert_gives_mmdets_detections, output_names,
+                               run, save_checkpoint)
 from toy_runs import SEG_CONFIG, run_tool
-from wavevit_mm.apis.deployment import (decode_detections, image_metas,
-                                        matched_detections)
 
 pytestmark = pytest.mark.slow
 
@@ -82,19 +81,7 @@ def test_the_file_runs_at_other_sizes_as_pytorch(exported):
 def test_the_file_gives_mmdets_detections(exported):
     """At an odd size: ONNX Runtime's raw outputs decoded by the head's
     own predict_by_feat, against mmdet's predict() on the model."""
-    model, out = exported[4], exported[1]
-    x, samples = detector_input((111, 149))
-    with torch.no_grad():
-        expected = model.predict(x, samples, rescale=False)[0].pred_instances
-        found = decode_detections(model.bbox_head, run(out, x),
-                                  output_names(out),
-                                  image_metas((111, 149)))[0]
-    assert len(expected) > 10
-    assert len(found) == len(expected)
-    matched, total = matched_detections(found, expected, top=len(expected))
-    assert matched >= 0.98 * total
-    torch.testing.assert_close(found.scores, expected.scores, atol=1e-4,
-                               rtol=1e-4)
+    assert_gives_mmdets_detections(exported[4], exported[1], (111, 149))
 
 
 def test_an_existing_file_needs_force(exported, tmp_path):
