@@ -38,8 +38,9 @@ class SafeguardedRunner(Runner):
     ``init_cfg=dict(type='Pretrained', checkpoint=...)`` loads what fits,
     reported by module (:meth:`train`)."""
 
-    #: the whole model's Pretrained entries :meth:`load_or_resume` loads
-    _model_checkpoints: Tuple[Dict, ...] = ()
+    #: the whole model's Pretrained entries :meth:`load_or_resume` loads,
+    #: each with the state dict and meta read (once) by :meth:`train`
+    _model_checkpoints: Tuple[Tuple[Dict, Dict, Any], ...] = ()
 
     def register_default_hooks(self, hooks: Optional[Dict] = None) -> None:
         hooks = dict(hooks or {})
@@ -78,12 +79,12 @@ class SafeguardedRunner(Runner):
             return super().train()
         check_init_cfg([dict(entry, type='Pretrained') for entry in entries],
                        model)
-        for entry in entries:  # refused now, not after the datasets load
-            state_dict, _ = _read(entry)
+        checkpoints = tuple((entry, *_read(entry)) for entry in entries)
+        for entry, state_dict, _ in checkpoints:  # refused before the data
             fit_for_fine_tuning(state_dict, model, str(entry['checkpoint']))
         original = model.init_cfg
         model.init_cfg = others or None
-        self._model_checkpoints = tuple(entries)
+        self._model_checkpoints = checkpoints
         try:
             return super().train()
         finally:
@@ -95,9 +96,8 @@ class SafeguardedRunner(Runner):
         :meth:`train` took over (once, as ``init_weights`` would), then
         ``load_from`` or the checkpoint to resume from, as mmengine does.
         """
-        entries, self._model_checkpoints = self._model_checkpoints, ()
-        for entry in entries:
-            state_dict, meta = _read(entry)
+        checkpoints, self._model_checkpoints = self._model_checkpoints, ()
+        for entry, state_dict, meta in checkpoints:
             start = fine_tune_from(self, state_dict, str(entry['checkpoint']),
                                    MODEL_INIT_CFG, meta)
             _bare(self.model).load_state_dict(start.weights, strict=True)
