@@ -14,7 +14,7 @@ import torch
 from mmseg.structures import SegDataSample
 
 from helpers import ROOT
-from deployment_models import (RETINANET_CONFIG, TOY_SIZE,
+from deployment_models import (RETINANET_CONFIG, TOY_ARCH, TOY_SIZE,
                                assert_gives_mmdets_detections, run,
                                save_checkpoint, toy_one_stage_config)
 from toy_runs import SEG_CONFIG
@@ -205,3 +205,50 @@ def test_the_package_and_training_need_no_onnx():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert 'usage: train.py' in result.stdout
+
+
+def toy_backbone():
+    from wavevit_mm.apis.deployment import BackboneFeatures
+    from wavevit_mm.models import WaveViT
+    torch.manual_seed(0)
+    return BackboneFeatures(WaveViT(TOY_ARCH)).eval()
+
+
+@pytest.mark.slow
+def test_a_plain_export_holds_standard_operators_only():
+    """What TensorRT and OpenVINO read: the default ONNX domain, opset 18,
+    attention as MatMul and Softmax."""
+    from wavevit_mm.apis.deployment import OPSET, onnx_model
+    model = onnx_model(toy_backbone(), (64, 64), dynamic=False)
+    assert {node.domain for node in model.graph.node} == {''}
+    assert [(o.domain, o.version) for o in model.opset_import] == [('', OPSET)]
+    assert 'Softmax' in {node.op_type for node in model.graph.node}
+
+
+@pytest.mark.slow
+def test_a_fused_export_runs_onnxruntimes_operators_at_any_size(tmp_path):
+    """``fuse``: each block's attention is one MultiHeadAttention (a flash
+    attention in ONNX Runtime), GELU one Gelu, residual + LayerNorm one
+    SkipLayerNormalization; exported with dynamic sizes, the file gives
+    eager PyTorch's feature maps at the export size and at odd ones."""
+    from wavevit_mm.apis.deployment import onnx_model, onnx_session
+    module = toy_backbone()
+    model = onnx_model(module, (64, 64), dynamic=True, fuse=True)
+    ops = [node.op_type for node in model.graph.node]
+    blocks = sum(TOY_ARCH['depths'])
+    assert ops.count('MultiHeadAttention') == blocks
+    assert ops.count('Gelu') == blocks
+    assert 'SkipLayerNormalization' in ops
+    assert not {'Softmax', 'Erf'} & set(ops)
+    assert ('com.microsoft', 1) in [(o.domain, o.version)
+                                    for o in model.opset_import]
+    path = str(tmp_path / 'fused.onnx')
+    with open(path, 'wb') as file:
+        file.write(model.SerializeToString())
+    onnx_session(path, 1)  # every graph optimisation accepts it
+    for size in [(64, 64), (61, 97), (97, 131)]:
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            expected = module(x)
+        for out, ref in zip(run(path, x), expected):
+            torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)

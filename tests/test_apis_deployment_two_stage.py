@@ -115,6 +115,26 @@ def test_the_file_gives_mmdets_detections_and_masks_at_other_sizes(
     assert_same_instances(found, mmdet_predict(model, x), exact=False)
 
 
+@pytest.mark.slow
+def test_a_fused_file_gives_mmdets_detections_and_masks(mask_rcnn, tmp_path):
+    """``fuse``: ONNX Runtime's attention, GELU and LayerNorm operators in
+    the backbone leave the heads' graph whole (NMS, RoIAlign)."""
+    import onnx
+    model, checkpoint = mask_rcnn
+    out = str(tmp_path / 'fused.onnx')
+    report = export_onnx(DET_CONFIG, checkpoint, out, TOY_SIZE, fuse=True,
+                         log=lambda _: None)
+    (check, ) = report.checks
+    assert check.passed and check.detections == (100, 100)
+    ops = {node.op_type for node in onnx.load(out).graph.node}
+    assert {'MultiHeadAttention', 'Gelu', 'SkipLayerNormalization',
+            'NonMaxSuppression', 'RoiAlign'} <= ops
+    x = torch.randn(1, 3, *TOY_SIZE,
+                    generator=torch.Generator().manual_seed(3))
+    found = outputs_as_instances(run(out, x), TOY_SIZE, model)
+    assert_same_instances(found, mmdet_predict(model, x), exact=False)
+
+
 @pytest.mark.parametrize('name, says', [
     ('cascade_mask_rcnn_wavevit_s_3x_coco',
      'CascadeRoIHead is not exported: the whole-model export rebuilds the '

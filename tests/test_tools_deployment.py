@@ -84,6 +84,33 @@ def test_the_file_gives_mmdets_detections(exported):
     assert_gives_mmdets_detections(exported[4], exported[1], (111, 149))
 
 
+def test_fuse_writes_onnxruntimes_operators_with_mmdets_detections(
+        exported, tmp_path):
+    """--fuse: the same check and table; the file has ONNX Runtime's
+    MultiHeadAttention and says it is fused; its outputs decode to mmdet's
+    detections."""
+    checkpoint, model = exported[0], exported[4]
+    out = str(tmp_path / 'fused.onnx')
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = run_tool('deployment/pytorch2onnx.py',
+                          [RETINANET_CONFIG, checkpoint, '--out', out,
+                           '--shape', '128', '128', '--fuse'],
+                          cwd=str(tmp_path))
+    assert result.code == 0, result.stderr
+    (row, ) = [line for line in printed.getvalue().splitlines()
+               if line.startswith('| retinanet_wavevit_toy_coco | detector, '
+                                  'fixed | 128x128 |')]
+    assert 'detections matched 100 of 100' in row
+    import onnx
+    onnx_file = onnx.load(out)
+    assert {node.op_type for node in onnx_file.graph.node} >= {
+        'MultiHeadAttention', 'Gelu', 'SkipLayerNormalization'}
+    assert {p.key: p.value for p in onnx_file.metadata_props}[
+        'wavevit_mm.fused'] == 'True'
+    assert_gives_mmdets_detections(model, out, (128, 128))
+
+
 def test_an_existing_file_needs_force(exported, tmp_path):
     checkpoint, out, _, _, _ = exported
     before = os.path.getmtime(out)

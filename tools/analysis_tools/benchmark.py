@@ -102,7 +102,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         choices=onnx_runtime.VARIANTS,
                         help='exports to time: dynamic (as pytorch2onnx.py '
                         '--dynamic), fixed (the size fixed), fused (fixed, '
-                        'with onnxruntime.transformers\' fusions)')
+                        'with ONNX Runtime\'s fused operators, as '
+                        'pytorch2onnx.py --fuse)')
     parser.add_argument('--json', default=None, metavar='OUT',
                         help='also write every figure of the run to this '
                         'JSON file (rewritten after each table)')

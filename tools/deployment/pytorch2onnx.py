@@ -2,12 +2,15 @@
 Runtime against PyTorch before the file is kept.
 
     python tools/deployment/pytorch2onnx.py CONFIG CHECKPOINT --out FILE \\
-        [--shape H W] [--dynamic] [--backbone-only] [--force]
+        [--shape H W] [--dynamic] [--backbone-only] [--fuse] [--force]
 
 The input of the file is the normalised, padded image batch (1x3xHxW);
 the outputs are raw tensors that mmdet's and mmseg's own code decodes, for
 Mask R-CNN its detections and 28x28 masks, pasted by mmdet's own code
-(tools/deployment/onnx_demo.py shows how). Needs `pip install -e .[deploy]`.
+(tools/deployment/onnx_demo.py shows how). The file holds standard ONNX
+operators (opset 18) for any runtime; --fuse writes ONNX Runtime's fused
+attention, GELU and LayerNorm operators instead, faster there but read by
+ONNX Runtime alone. Needs `pip install -e .[deploy]`.
 """
 import argparse
 
@@ -32,6 +35,10 @@ def parse_args():
                         'odd size too)')
     parser.add_argument('--backbone-only', action='store_true',
                         help='export the backbone alone (feature maps)')
+    parser.add_argument('--fuse', action='store_true',
+                        help='ONNX Runtime\'s fused operators '
+                        '(MultiHeadAttention, Gelu, SkipLayerNormalization): '
+                        'faster in ONNX Runtime, not read by other runtimes')
     parser.add_argument('--force', action='store_true',
                         help='overwrite OUT if it exists')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -44,7 +51,8 @@ def main():
     with report_errors('pytorch2onnx.py'):
         report = export_onnx(args.config, args.checkpoint, args.out,
                              args.shape, args.dynamic, args.backbone_only,
-                             args.force, args.cfg_options)
+                             args.force, args.cfg_options,
+                             fuse=args.fuse)
     print(format_checks(report))
     print(f'Wrote {report.out}: checked in ONNX Runtime against PyTorch.')
 

@@ -1,7 +1,7 @@
 """ONNX Runtime against PyTorch eager on the same input, in one run: the
 RetinaNet Wave-ViT-S detector (random weights, the head's raw outputs) and
 its Wave-ViT-S backbone alone, each exported as the deployment tool exports it
-(``wavevit_mm.apis.deployment.onnx_program``) and run in the session it
+(``wavevit_mm.apis.deployment.onnx_model``) and run in the session it
 uses (``onnx_session``: every graph optimisation, CUDA where
 onnxruntime-gpu offers it).
 
@@ -10,17 +10,16 @@ An export *variant* is what is done to the file before the session:
 - ``dynamic``: dynamic height and width, as ``pytorch2onnx.py --dynamic``;
 - ``fixed``: the size fixed at export, so shapes are constants the runtime
   can fold;
-- ``fused``: ``fixed``, then ``onnxruntime.transformers.optimizer``'s
-  fusions (``model_type='bert'`` with the sizes inferred): the Erf form of
-  GELU to one ``Gelu`` node and residual Add + LayerNormalization to
-  ``SkipLayerNormalization``, contrib operators the runtime has CPU and
-  CUDA kernels for; ORT's own optimiser fuses neither pattern here.
+- ``fused``: ``fixed`` with ONNX Runtime's fused operators, as
+  ``pytorch2onnx.py --fuse`` writes them (``apis.deployment.fusion``):
+  attention as MultiHeadAttention (a flash attention on the CPU), GELU as
+  ``Gelu``, residual Add + LayerNormalization as ``SkipLayerNormalization``;
+  ORT's own session optimiser fuses none of these patterns here.
 
 The calls are interleaved (PyTorch, then each variant's session, repeat
 after repeat) so that a loaded machine slows every column alike.
 """
 import contextlib
-import logging
 import os.path as osp
 import statistics
 import tempfile
@@ -34,7 +33,7 @@ from torch import nn
 from wavevit_mm.apis import build_model
 from wavevit_mm.apis.deployment import (BackboneFeatures, DenseHeadOutputs,
                                         default_shape, differences,
-                                        import_onnxruntime, onnx_program,
+                                        import_onnxruntime, onnx_model,
                                         onnx_session, run_session)
 from wavevit_mm.errors import InputError
 
@@ -78,33 +77,17 @@ def detector_module(config: str, shape: Optional[Tuple[int, int]]
     return DenseHeadOutputs(build_model(cfg)).eval(), padded(shape, divisor)
 
 
-def fuse(model_proto):
-    """The ONNX model with onnxruntime.transformers' fusions (GELU,
-    SkipLayerNormalization, attention where its pattern is found): a graph
-    rewrite only (``opt_level=0``); the session optimises the rest."""
-    from onnxruntime.transformers import optimizer
-    logging.getLogger('onnxruntime.transformers').setLevel(logging.WARNING)
-    model = optimizer.optimize_model(model_proto, model_type='bert',
-                                     num_heads=0, hidden_size=0,
-                                     opt_level=0)
-    return model.model
-
-
 def export_variants(module: nn.Module, shape: Tuple[int, int],
                     variants: Sequence[str], directory: str
                     ) -> Dict[str, Tuple[str, float]]:
     """Each variant's file in ``directory``, with the seconds its export
-    and rewrite took (``fixed`` and ``fused`` share one export)."""
+    took."""
     import onnx
-    files, programs = {}, {}
+    files = {}
     for variant in variants:
-        dynamic = variant == 'dynamic'
         start = time.perf_counter()
-        if dynamic not in programs:
-            programs[dynamic] = onnx_program(module, shape, dynamic)
-        proto = programs[dynamic].model_proto
-        if variant == 'fused':
-            proto = fuse(proto)
+        proto = onnx_model(module, shape, dynamic=variant == 'dynamic',
+                           fuse=variant == 'fused')
         path = osp.join(directory, f'{module.part}_{variant}.onnx')
         onnx.save(proto, path)
         files[variant] = path, time.perf_counter() - start

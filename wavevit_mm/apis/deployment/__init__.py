@@ -15,13 +15,17 @@ afterwards by mmdet's and mmseg's own code:
   are pasted into the image by mmdet's own code;
 - segmentors: the decode head's logits at the input size (``seg_logits``).
 
+A plain file holds standard ONNX operators only (opset 18), for any
+runtime; a fused one (:mod:`.fusion`) ONNX Runtime's own fused attention,
+GELU and LayerNorm operators, for ONNX Runtime alone.
+
 The graph comes from ``torch.onnx.export`` (torch.export underneath), so
 the network exports through the code it runs in PyTorch; a file is kept
 only after ONNX Runtime reproduces PyTorch on it, at the export size and,
 for a dynamic file, at a second, odd size.
 """
 from .export import (OPSET, ExportReport, export_onnx, format_checks,
-                     load_model, onnx_program)
+                     load_model, onnx_model)
 from .exportable import (BackboneFeatures, DenseHeadOutputs,
                          SegmentationLogits, default_shape, exportable,
                          second_size)
@@ -34,7 +38,7 @@ from .verification import (Check, check_file, decode_detections, differences,
 
 __all__ = [
     'OPSET', 'ExportReport', 'export_onnx', 'format_checks', 'load_model',
-    'onnx_program',
+    'onnx_model',
     'BackboneFeatures', 'DenseHeadOutputs', 'MaskRCNNOutputs',
     'SegmentationLogits', 'predicted_instances',
     'default_shape', 'exportable', 'second_size',

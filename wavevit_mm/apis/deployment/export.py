@@ -14,6 +14,7 @@ from ..complexity import build_model
 from ..config import check_backbone_config, load_config, scope_of
 from ..model_checkpoint import check_model_fits, read_model_weights
 from .exportable import default_shape, exportable, second_size
+from .fusion import attention_translations, fuse_patterns
 from .runtime import ExportError, import_onnxruntime, onnx_session
 from .two_stage import onnx_translations
 from .verification import Check, check_file, thresholds
@@ -33,10 +34,13 @@ class ExportReport(NamedTuple):
     checks: List[Check]
 
 
-def onnx_program(module: nn.Module, shape: Tuple[int, int], dynamic: bool):
-    """torch.export, then its translation to ONNX. A dynamic export may
-    take no branch on the height or width: torch.export refuses instead of
-    fixing the size into the graph."""
+def onnx_model(module: nn.Module, shape: Tuple[int, int], dynamic: bool,
+               fuse: bool = False):
+    """The ONNX model (a ModelProto) of ``module``: torch.export, then its
+    translation to ONNX. A dynamic export may take no branch on the height
+    or width: torch.export refuses instead of fixing the size into the
+    graph. ``fuse`` writes ONNX Runtime's fused operators
+    (:mod:`.fusion`): a file for ONNX Runtime alone."""
     example = (torch.zeros(1, 3, *shape), )
     dynamic_shapes = None
     if dynamic:
@@ -46,15 +50,19 @@ def onnx_program(module: nn.Module, shape: Tuple[int, int], dynamic: bool):
                                        for side in shape)), )
         dynamic_shapes = ({2: torch.export.Dim.DYNAMIC,
                            3: torch.export.Dim.DYNAMIC}, )
+    translations = onnx_translations()
+    if fuse:
+        translations.update(attention_translations())
     try:
         with torch.no_grad():
             program = torch.export.export(module, example,
                                           dynamic_shapes=dynamic_shapes)
-            return torch.onnx.export(
+            model = torch.onnx.export(
                 program, dynamo=True, external_data=False,
                 input_names=['input'], output_names=list(module.output_names),
                 opset_version=OPSET, optimize=True, verbose=False,
-                custom_translation_table=onnx_translations())
+                custom_translation_table=translations).model_proto
+        return fuse_patterns(model) if fuse else model
     except Exception as error:  # the exporters' errors share no type
         raise ExportError(
             f'the {module.part} could not be exported '
@@ -80,12 +88,14 @@ def export_onnx(config: str, checkpoint: str, out: str,
                 shape: Optional[Tuple[int, int]] = None,
                 dynamic: bool = False, backbone_only: bool = False,
                 force: bool = False, cfg_options: Optional[dict] = None,
-                log: Callable[[str], None] = print) -> ExportReport:
+                log: Callable[[str], None] = print,
+                fuse: bool = False) -> ExportReport:
     """Export the model of ``config`` with the weights of ``checkpoint`` to
     ``out`` and check the file in ONNX Runtime against PyTorch.
 
-    The file is written beside ``out`` and replaces it only after the
-    checks pass (an existing ``out`` only with ``force``); a file that
+    ``fuse`` writes ONNX Runtime's fused operators (:mod:`.fusion`), for
+    ONNX Runtime alone. The file is written beside ``out`` and replaces it
+    only after the checks pass (an existing ``out`` only with ``force``); a file that
     fails them is removed and the failure is an ExportError.
     """
     out = str(out)
@@ -101,15 +111,17 @@ def export_onnx(config: str, checkpoint: str, out: str,
         raise ConfigError(f'--shape {shape[0]} {shape[1]}: each side must be '
                           f'at least 32 pixels')
     log(f'Exporting the {module.part} of {config} at {shape[0]}x{shape[1]}'
-        f'{" (dynamic height and width)" if dynamic else ""} ...')
-    program = onnx_program(module, shape, dynamic)
-    program.model.metadata_props.update({
-        'wavevit_mm.part': module.part,
-        'wavevit_mm.config': osp.basename(config),
-        'wavevit_mm.dynamic': str(dynamic)})
+        f'{" (dynamic height and width)" if dynamic else ""}'
+        f'{" with ONNX Runtime fused operators" if fuse else ""} ...')
+    model = onnx_model(module, shape, dynamic, fuse)
+    for key, value in (('part', module.part),
+                       ('config', osp.basename(config)),
+                       ('dynamic', str(dynamic)), ('fused', str(fuse))):
+        model.metadata_props.add(key=f'wavevit_mm.{key}', value=value)
     sizes = [shape, second_size(shape)] if dynamic else [shape]
     with atomic_write(out) as tmp:
-        program.save(tmp)
+        with open(tmp, 'wb') as file:
+            file.write(model.SerializeToString())
         session = onnx_session(tmp)
         checks = [check_file(session, module, size) for size in sizes]
         for check in checks:

@@ -1,0 +1,104 @@
+"""ONNX Runtime's fused operators, for a file meant for ONNX Runtime alone
+(``pytorch2onnx.py --fuse``).
+
+Attention is exported as ``com.microsoft`` ``MultiHeadAttention``, whose
+CPU kernel is a flash attention that never holds the N x M scores (the
+plain export computes them: at 800x1216, 115 million per head in stage 1);
+then two of onnxruntime.transformers' fusions rewrite GELU's Erf form to
+one ``Gelu`` node and a residual Add followed by LayerNormalization to
+``SkipLayerNormalization``. These are ONNX Runtime's own operators, with
+CPU and CUDA kernels: TensorRT and OpenVINO read the plain export.
+"""
+import logging
+
+import torch
+
+from .runtime import ExportError
+
+#: ONNX Runtime's operator domain.
+RUNTIME_DOMAIN = 'com.microsoft'
+
+
+def _register_attention_schema() -> None:
+    """Make com.microsoft MultiHeadAttention known to onnx's registry,
+    which onnxscript reads to build a node (onnx itself knows the standard
+    domain only): the inputs and attributes the export writes."""
+    import onnx.defs as defs
+    try:
+        defs.get_schema('MultiHeadAttention', 1, RUNTIME_DOMAIN)
+        return
+    except defs.SchemaError:
+        pass
+    param, attribute = defs.OpSchema.FormalParameter, defs.OpSchema.Attribute
+    defs.register_schema(defs.OpSchema(
+        'MultiHeadAttention', RUNTIME_DOMAIN, 1,
+        doc='ONNX Runtime contrib operator: softmax(q k^T * scale) v per '
+        'head, over (B, N, heads * d) query and (B, M, heads * d) key and '
+        'value.',
+        inputs=[param('query', 'T'), param('key', 'T'), param('value', 'T')],
+        outputs=[param('output', 'T')],
+        type_constraints=[('T', ['tensor(float)', 'tensor(float16)'], '')],
+        attributes=[
+            attribute('num_heads', defs.OpSchema.AttrType.INT,
+                      'number of heads'),
+            attribute('scale', defs.OpSchema.AttrType.FLOAT,
+                      'score scale, 1 / sqrt(d) when absent', required=False)
+        ]))
+
+
+def attention_translations() -> dict:
+    """The translation of ``F.scaled_dot_product_attention`` to
+    MultiHeadAttention, for ``torch.onnx.export``'s
+    ``custom_translation_table`` (onnxscript is imported only here)."""
+    from onnxscript import opset18 as op
+    from onnxscript.values import Opset
+    _register_attention_schema()
+    runtime = Opset(RUNTIME_DOMAIN, 1)
+
+    def attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                  is_causal=False, scale=None, enable_gqa=False):
+        if attn_mask is not None or is_causal or dropout_p or enable_gqa:
+            raise ExportError(
+                'MultiHeadAttention is written for attention without a '
+                'mask, causality, dropout or grouped heads.')
+        heads = query.shape[1]
+
+        def tokens(x):  # (B, heads, N, d) -> (B, N, heads * d)
+            return op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]),
+                              op.Constant(value_ints=[0, 0, -1]))
+
+        extra = {} if scale is None else dict(scale=float(scale))
+        out = runtime.MultiHeadAttention(tokens(query), tokens(key),
+                                         tokens(value), num_heads=heads,
+                                         **extra)
+        return op.Transpose(  # (B, N, heads * d) -> (B, heads, N, d)
+            op.Reshape(out, op.Constant(value_ints=[0, 0, heads, -1])),
+            perm=[0, 2, 1, 3])
+
+    return {torch.ops.aten.scaled_dot_product_attention.default: attention}
+
+
+def fuse_patterns(model_proto):
+    """``model_proto`` with GELU's Erf form fused to ``Gelu`` and each
+    residual Add of two same-shaped tensors followed by a LayerNorm to
+    ``SkipLayerNormalization``, by onnxruntime.transformers' two fusions
+    (the shapes are checked by its symbolic shape inference); its other
+    rewrites (constant folding among them) are meant for BERT-like graphs
+    and break the detectors' heads. The shape inference's notes on dynamic
+    sizes it cannot compare are kept out of the log."""
+    from onnxruntime.transformers.onnx_model_bert import BertOnnxModel
+    # the shape inference is imported as the top-level symbolic_shape_infer
+    loggers = [logging.getLogger(name) for name in (
+        'onnxruntime.transformers', 'symbolic_shape_infer')]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        model = BertOnnxModel(model_proto)
+        model.fuse_gelu()
+        model.fuse_skip_layer_norm(shape_infer=True)
+        model.topological_sort()
+        return model.model
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
