@@ -71,8 +71,8 @@ class Check(NamedTuple):
         return text
 
 
-def differences(outputs: Sequence[Tensor], expected: Sequence[Tensor]
-                 ) -> Tuple[float, float]:
+def differences(outputs: Sequence[Tensor],
+                expected: Sequence[Tensor]) -> Tuple[float, float]:
     """Largest absolute difference, and the largest relative to each
     expected output's largest magnitude."""
     max_abs = max_rel = 0.
@@ -106,16 +106,11 @@ def decode_detections(head: nn.Module, outputs: Sequence[Tensor],
 
 def matched_detections(found, expected, top: int = TOP_DETECTIONS
                        ) -> Tuple[int, int]:
-    """How many of the ``top`` best detections of ``found`` have one in
-    ``expected`` with the same label and IoU >= 0.99, and of how many."""
-    from mmdet.structures.bbox import bbox_overlaps
-    found, expected = found[:top], expected[:top]
-    if len(found) == 0 or len(expected) == 0:
-        return 0, max(len(found), len(expected))
-    overlaps = bbox_overlaps(found.bboxes, expected.bboxes)
-    same = found.labels[:, None] == expected.labels[None, :]
-    matched = ((overlaps >= MATCH_IOU) & same).any(dim=1).sum().item()
-    return int(matched), max(len(found), len(expected))
+    """How many of the ``top`` best detections of ``found`` have one among
+    the ``top`` of ``expected`` with the same label and IoU >= 0.99, and of
+    how many (the longer of the two lists, up to ``top``)."""
+    return (len(matched_pairs(found, expected, top)),
+            max(min(len(found), top), min(len(expected), top)))
 
 
 def matched_pairs(found, expected, top: int = TOP_DETECTIONS
@@ -153,14 +148,13 @@ def _check_instances(module: nn.Module, size: Tuple[int, int],
     found, reference = _instances(dets, labels), _instances(ref_dets,
                                                             ref_labels)
     pairs = matched_pairs(found, reference)
-    total = max(min(len(found), TOP_DETECTIONS),
-                min(len(reference), TOP_DETECTIONS))
+    matched, total = matched_detections(found, reference)
     mine = [i for i, _ in pairs]
     theirs = [j for _, j in pairs]
     max_abs, max_rel = differences(
         [dets[mine], masks[mine]], [ref_dets[theirs], ref_masks[theirs]])
     threshold = module.rcnn_cfg.get('mask_thr_binary', 0.5)
-    return Check(size, max_abs, max_rel, detections=(len(pairs), total),
+    return Check(size, max_abs, max_rel, detections=(matched, total),
                  mask_agreement=matched_masks(masks, ref_masks, pairs,
                                               threshold))
 
