@@ -95,8 +95,8 @@ def export_onnx(config: str, checkpoint: str, out: str,
 
     ``fuse`` writes ONNX Runtime's fused operators (:mod:`.fusion`), for
     ONNX Runtime alone. The file is written beside ``out`` and replaces it
-    only after the checks pass (an existing ``out`` only with ``force``); a file that
-    fails them is removed and the failure is an ExportError.
+    only after the checks pass (an existing ``out`` only with ``force``);
+    a file that fails them is removed and the failure is an ExportError.
     """
     out = str(out)
     if osp.exists(out) and not force:

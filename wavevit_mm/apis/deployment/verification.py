@@ -110,7 +110,13 @@ def matched_detections(found, expected, top: int = TOP_DETECTIONS
     the ``top`` of ``expected`` with the same label and IoU >= 0.99, and of
     how many (the longer of the two lists, up to ``top``)."""
     return (len(matched_pairs(found, expected, top)),
-            max(min(len(found), top), min(len(expected), top)))
+            _compared(found, expected, top))
+
+
+def _compared(found, expected, top: int = TOP_DETECTIONS) -> int:
+    """How many detections a match is counted against: the longer of the
+    two lists, up to ``top``."""
+    return max(min(len(found), top), min(len(expected), top))
 
 
 def matched_pairs(found, expected, top: int = TOP_DETECTIONS
@@ -148,13 +154,13 @@ def _check_instances(module: nn.Module, size: Tuple[int, int],
     found, reference = _instances(dets, labels), _instances(ref_dets,
                                                             ref_labels)
     pairs = matched_pairs(found, reference)
-    matched, total = matched_detections(found, reference)
     mine = [i for i, _ in pairs]
     theirs = [j for _, j in pairs]
     max_abs, max_rel = differences(
         [dets[mine], masks[mine]], [ref_dets[theirs], ref_masks[theirs]])
     threshold = module.rcnn_cfg.get('mask_thr_binary', 0.5)
-    return Check(size, max_abs, max_rel, detections=(matched, total),
+    detections = len(pairs), _compared(found, reference)
+    return Check(size, max_abs, max_rel, detections=detections,
                  mask_agreement=matched_masks(masks, ref_masks, pairs,
                                               threshold))
 
