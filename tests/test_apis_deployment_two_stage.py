@@ -56,7 +56,7 @@ def assert_same_instances(found, expected, exact=True):
 
 
 def outputs_as_instances(outputs, size, model):
-    dets, labels, masks = outputs
+    dets, labels, masks = outputs[:3]
     meta = image_metas(size)[0]
     return predicted_instances(dets, labels, masks, meta,
                                model.roi_head.test_cfg.mask_thr_binary,
@@ -72,9 +72,21 @@ def test_the_rebuilt_test_path_gives_mmdets_detections_and_masks(
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         outputs = module(x)
-    assert [o.shape[1:] for o in outputs] == [(5, ), (), (28, 28)]
+    assert [o.shape[1:] for o in outputs] == [(5, ), (), (28, 28), (4, ),
+                                              (3, )]
     assert_same_instances(outputs_as_instances(outputs, size, model),
                           mmdet_predict(model, x))
+    # before the score threshold: the RPN's proposals, as mmdet's
+    # RPNHead.predict gives them, and the class scores of each
+    proposals, scores = outputs[3:]
+    sample = DetDataSample(metainfo=image_metas(size)[0])
+    with torch.no_grad():
+        feats = model.extract_feat(x)
+        expected = model.rpn_head.predict(feats, [sample], rescale=False)[0]
+    # the same boxes; equal scores may come in another order
+    torch.testing.assert_close(*(torch.tensor(sorted(boxes.tolist()))
+                                 for boxes in (proposals, expected.bboxes)))
+    assert torch.all(scores.sum(1) < 1) and torch.all(scores >= 0)
 
 
 @pytest.fixture(scope='module')
@@ -98,11 +110,14 @@ def test_the_file_has_onnx_nms_and_roialign_and_passes_its_check(exported):
         assert check.passed and check.detections == (100, 100)
         assert check.mask_agreement == 1.
         assert check.max_rel < 1e-4
+        matched, proposals = check.proposals
+        assert matched >= 0.98 * proposals and proposals > 100
     assert 'mask agreement 100.000%' in printed[-1]
     graph = onnx.load(out).graph
     ops = {node.op_type for node in graph.node}
     assert {'NonMaxSuppression', 'RoiAlign'} <= ops
-    assert [o.name for o in graph.output] == ['dets', 'labels', 'masks']
+    assert [o.name for o in graph.output] == [
+        'dets', 'labels', 'masks', 'proposals', 'proposal_scores']
 
 
 @pytest.mark.slow
@@ -183,3 +198,30 @@ def test_the_demo_draws_what_image_demo_draws(exported, mask_rcnn,
     assert np.mean(expected != original) > 0.01  # boxes and masks drawn
     assert drawn.shape == expected.shape
     assert np.mean(drawn != expected) < 5e-3
+
+
+def test_detections_of_one_runtime_only_fail_the_check_in_words(mask_rcnn):
+    """Detections found on one side only: matched 0 of 100, not kept; with
+    none on either side the proposals and their class scores carry the
+    check; with nothing at all, nothing was compared and nothing is kept."""
+    from wavevit_mm.apis.deployment.verification import check_instances
+    model = mask_rcnn[0]
+    module = exportable(model, DET_CONFIG)
+    x = torch.randn(1, 3, *TOY_SIZE, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        outputs = list(module(x))
+    no_detections = [o[:0] for o in outputs[:3]] + outputs[3:]
+    for found, expected in ((no_detections, outputs),
+                            (outputs, no_detections)):
+        check = check_instances(module, TOY_SIZE, found, expected)
+        assert not check.passed and check.detections == (0, 100)
+        assert 'detections matched 0 of 100' in check.describe()
+    check = check_instances(module, TOY_SIZE, no_detections, no_detections)
+    proposals = len(outputs[3])
+    assert check.passed and check.detections == (0, 0)
+    assert check.proposals == (proposals, proposals) and proposals > 100
+    nothing = [o[:0] for o in outputs]
+    check = check_instances(module, TOY_SIZE, nothing, nothing)
+    assert not check.passed
+    assert check.describe() == ('nothing to compare: every output is empty '
+                                'in both')

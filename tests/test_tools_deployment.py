@@ -3,7 +3,8 @@ on the toy RetinaNet: the verification table, the file at other sizes (odd
 ones included) against PyTorch and mmdet's own ``predict``, the refusals
 as one paragraph, and the demo's picture against tools/image_demo.py's.
 The one dynamic export of a one-stage detector in the suite is made here,
-by the tool."""
+by the tool. As a user runs them (a process of their own): a Mask R-CNN
+that detects nothing, exported and run by the demo, and the log level."""
 import contextlib
 import io
 import os
@@ -16,8 +17,8 @@ import torch
 
 from deployment_models import (OTHER_SIZES, RETINANET_CONFIG,
                                assert_gives_mmdets_detections, output_names,
-                               run, save_checkpoint)
-from toy_runs import SEG_CONFIG, run_tool
+                               run, save_checkpoint, scores_below_threshold)
+from toy_runs import DET_CONFIG, SEG_CONFIG, run_process, run_tool, tool
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +31,16 @@ def assert_one_paragraph(result, prog, *parts):
         assert part in result.stderr
 
 
+def val_image(workspace):
+    val = workspace / 'data' / 'toy_coco' / 'val'
+    return str(val / sorted(os.listdir(val))[0])
+
+
 @pytest.fixture(scope='module')
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, toy_workspace):
     """The toy RetinaNet's checkpoint and its dynamic export by the tool,
-    with what the tool printed, and the model."""
+    checked on a toy COCO image (--image), with what the tool printed, and
+    the model."""
     folder = tmp_path_factory.mktemp('exported')
     checkpoint = str(folder / 'model.pth')
     model = save_checkpoint(RETINANET_CONFIG, checkpoint)
@@ -42,11 +49,12 @@ def exported(tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         result = run_tool('deployment/pytorch2onnx.py',
                           [RETINANET_CONFIG, checkpoint, '--out', out,
-                           '--dynamic'], cwd=str(folder))
+                           '--dynamic', '--image', val_image(toy_workspace)],
+                          cwd=str(folder))
     return checkpoint, out, result, printed.getvalue(), model
 
 
-def test_export_prints_the_verification_table(exported):
+def test_export_prints_the_verification_table(exported, toy_workspace):
     _, out, result, printed, _ = exported
     assert result.code == 0, result.stderr
     assert os.path.isfile(out)
@@ -57,6 +65,8 @@ def test_export_prints_the_verification_table(exported):
                                'dynamic |')]
     assert [row.split(' | ')[2] for row in rows] == ['128x128', '161x97']
     assert all('detections matched 100 of 100' in row for row in rows)
+    assert printed.splitlines()[-2] == (
+        f'Checked on {val_image(toy_workspace)}.')
 
 
 def test_the_file_runs_at_other_sizes_as_pytorch(exported):
@@ -102,6 +112,9 @@ def test_fuse_writes_onnxruntimes_operators_with_mmdets_detections(
                if line.startswith('| retinanet_wavevit_toy_coco | detector, '
                                   'fixed | 128x128 |')]
     assert 'detections matched 100 of 100' in row
+    # no --image, no toy COCO under the working directory
+    assert 'Checked on a picture of shapes the package draws' in (
+        printed.getvalue())
     import onnx
     onnx_file = onnx.load(out)
     assert {node.op_type for node in onnx_file.graph.node} >= {
@@ -146,8 +159,7 @@ def test_a_config_that_does_not_export_is_one_paragraph(exported, tmp_path):
 
 def test_demo_draws_what_image_demo_draws(exported, toy_workspace, tmp_path):
     checkpoint, out, _, _, _ = exported
-    val = toy_workspace / 'data' / 'toy_coco' / 'val'
-    image = str(val / sorted(os.listdir(val))[0])
+    image = val_image(toy_workspace)
     from_onnx, from_checkpoint = tmp_path / 'onnx.png', tmp_path / 'pth.png'
     result = run_tool('deployment/onnx_demo.py',
                       [image, RETINANET_CONFIG, out, '--out-file', from_onnx],
@@ -164,3 +176,89 @@ def test_demo_draws_what_image_demo_draws(exported, toy_workspace, tmp_path):
     assert drawn.shape == expected.shape
     # the boxes agree to far below a pixel; a few edge pixels may round apart
     assert np.mean(drawn != expected) < 5e-3
+
+
+def python_tool(name, *args):
+    return [sys.executable, tool(name)] + [str(a) for a in args]
+
+
+@pytest.fixture(scope='module')
+def nothing_detected(tmp_path_factory):
+    """The toy Mask R-CNN with every class score near e^-30, far below its
+    test score threshold of 0.05, exported with dynamic sizes by the tool
+    in a process of its own, as a user runs it."""
+    folder = tmp_path_factory.mktemp('nothing_detected')
+    checkpoint = folder / 'model.pth'
+    model = save_checkpoint(DET_CONFIG, checkpoint,
+                            edit=scores_below_threshold)
+    out = folder / 'mask_rcnn.onnx'
+    result = run_process(python_tool(
+        'deployment/pytorch2onnx.py', DET_CONFIG, checkpoint, '--out', out,
+        '--dynamic', '--shape', 128, 128), cwd=str(folder))
+    return model, checkpoint, out, result
+
+
+def test_a_model_that_detects_nothing_is_checked_before_the_threshold(
+        nothing_detected):
+    """No detection on either side: the table, with the proposals and
+    their class scores compared, a line saying so, and the file; no
+    traceback, no initialisation log."""
+    from mmdet.structures import DetDataSample
+    from wavevit_mm.apis import load_config
+    from wavevit_mm.apis.deployment import (check_input, image_metas,
+                                            synthetic_image)
+    model, _, out, result = nothing_detected
+    assert result.returncode == 0, result.stderr
+    assert 'Traceback' not in result.stderr
+    assert 'Initialized by' not in result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines()
+            if line.startswith('| mask_rcnn_wavevit_toy_coco | instance '
+                               'segmentor, dynamic |')]
+    assert [row.split(' | ')[2] for row in rows] == ['128x128', '161x97']
+    for row in rows:
+        assert 'detections matched 0 of 0' in row
+        matched, total = (int(n) for n in row.split(
+            'proposals before the score threshold matched ')[1].split(
+                ' (')[0].split(' of '))
+        assert total > 100 and matched >= 0.98 * total
+    assert result.stdout.count('the check rests on the') == 2
+    assert os.path.isfile(out)
+    # mmdet's own predict keeps nothing on the check's input either
+    cfg = load_config(DET_CONFIG)
+    x = check_input(model, cfg, synthetic_image(), (128, 128))
+    sample = DetDataSample(metainfo=image_metas((128, 128))[0])
+    with torch.no_grad():
+        assert len(model.predict(x, [sample])[0].pred_instances) == 0
+
+
+def test_the_demo_of_a_model_that_detects_nothing_draws_the_image(
+        nothing_detected, toy_workspace, tmp_path):
+    out_file = tmp_path / 'drawn.png'
+    image = val_image(toy_workspace)
+    result = run_process(python_tool(
+        'deployment/onnx_demo.py', image, DET_CONFIG, nothing_detected[2],
+        '--out-file', out_file), cwd=str(toy_workspace))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        f'0 objects with score >= 0.3; drawing saved to {out_file}')
+    assert 'Initialized by' not in result.stdout + result.stderr
+    drawn, original = cv2.imread(str(out_file)), cv2.imread(image)
+    assert drawn.shape == original.shape
+    assert np.abs(drawn.astype(int) - original).max() <= 1
+
+
+@pytest.mark.parametrize('level, shown', [(None, False), ('INFO', True)])
+def test_mmengines_initialisation_log_only_at_the_level_asked(
+        nothing_detected, tmp_path, level, shown):
+    """A size the tool refuses, after the model is built (and mmengine has
+    logged its initialisation): one paragraph, and the initialisation
+    report only with --log-level INFO."""
+    _, checkpoint, _, _ = nothing_detected
+    args = ['--log-level', level] if level else []
+    result = run_process(python_tool(
+        'deployment/pytorch2onnx.py', DET_CONFIG, checkpoint, '--out',
+        tmp_path / 'm.onnx', '--shape', 16, 16, *args), cwd=str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.endswith('pytorch2onnx.py: error: --shape 16 16: '
+                                  'each side must be at least 32 pixels\n')
+    assert ('Initialized by' in result.stdout) == shown

@@ -5,7 +5,8 @@ tools/image_demo.py does with the checkpoint."""
 import argparse
 
 from wavevit_mm.apis import describe
-from wavevit_mm.apis.deployment import predict_image_onnx
+from wavevit_mm.apis.deployment import (LOG_LEVELS, log_level,
+                                        predict_image_onnx)
 from wavevit_mm.apis.inference import (add_drawing_arguments, draw_prediction,
                                       read_image)
 from wavevit_mm.errors import report_errors
@@ -18,12 +19,15 @@ def parse_args():
                         'from')
     parser.add_argument('model', help='the .onnx file')
     add_drawing_arguments(parser)
+    parser.add_argument('--log-level', default='WARNING', choices=LOG_LEVELS,
+                        help='what of mmengine\'s log reaches the console '
+                        '(INFO: its initialisation report too)')
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    with report_errors('onnx_demo.py'):
+    with log_level(args.log_level), report_errors('onnx_demo.py'):
         image = read_image(args.image)
         result, model = predict_image_onnx(image, args.config, args.model)
         draw_prediction(model, image, result, args.out_file,

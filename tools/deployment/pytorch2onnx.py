@@ -2,7 +2,8 @@
 Runtime against PyTorch before the file is kept.
 
     python tools/deployment/pytorch2onnx.py CONFIG CHECKPOINT --out FILE \\
-        [--shape H W] [--dynamic] [--backbone-only] [--fuse] [--force]
+        [--shape H W] [--dynamic] [--backbone-only] [--fuse] [--force] \\
+        [--image IMAGE] [--log-level LEVEL]
 
 The input of the file is the normalised, padded image batch (1x3xHxW);
 the outputs are raw tensors that mmdet's and mmseg's own code decodes, for
@@ -10,13 +11,16 @@ Mask R-CNN its detections and 28x28 masks, pasted by mmdet's own code
 (tools/deployment/onnx_demo.py shows how). The file holds standard ONNX
 operators (opset 18) for any runtime; --fuse writes ONNX Runtime's fused
 attention, GELU and LayerNorm operators instead, faster there but read by
-ONNX Runtime alone. Needs `pip install -e .[deploy]`.
+ONNX Runtime alone. The check runs the file and PyTorch on IMAGE through
+the config's test pipeline (by default the config's first validation
+image, else a picture the package draws). Needs `pip install -e .[deploy]`.
 """
 import argparse
 
 from mmengine.config import DictAction
 
-from wavevit_mm.apis.deployment import export_onnx, format_checks
+from wavevit_mm.apis.deployment import (LOG_LEVELS, export_onnx,
+                                        format_checks, log_level)
 from wavevit_mm.errors import report_errors
 
 
@@ -41,6 +45,13 @@ def parse_args():
                         'faster in ONNX Runtime, not read by other runtimes')
     parser.add_argument('--force', action='store_true',
                         help='overwrite OUT if it exists')
+    parser.add_argument('--image', help='the picture the file is checked on '
+                        '(default: the config\'s first validation image if '
+                        'its folder exists, else a picture the package '
+                        'draws)')
+    parser.add_argument('--log-level', default='WARNING', choices=LOG_LEVELS,
+                        help='what of mmengine\'s log reaches the console '
+                        '(INFO: its initialisation report too)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
     return parser.parse_args()
@@ -48,11 +59,11 @@ def parse_args():
 
 def main():
     args = parse_args()
-    with report_errors('pytorch2onnx.py'):
+    with log_level(args.log_level), report_errors('pytorch2onnx.py'):
         report = export_onnx(args.config, args.checkpoint, args.out,
                              args.shape, args.dynamic, args.backbone_only,
                              args.force, args.cfg_options,
-                             fuse=args.fuse)
+                             fuse=args.fuse, image=args.image)
     print(format_checks(report))
     print(f'Wrote {report.out}: checked in ONNX Runtime against PyTorch.')
 

@@ -1,23 +1,28 @@
 """Export to ONNX (torch.export, then its translation) with the
 checkpoint loaded strictly, written atomically and kept only after the
 check in ONNX Runtime passes."""
+import contextlib
+import logging
 import os.path as osp
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from mmengine.config import Config
 from torch import nn
 
 from ...checkpoint import atomic_write
+from ...compat import require_onnx_export
 from ...errors import ConfigError
 from ..complexity import build_model
 from ..config import check_backbone_config, load_config, scope_of
 from ..model_checkpoint import check_model_fits, read_model_weights
 from .exportable import default_shape, exportable, second_size
 from .fusion import attention_translations, fuse_patterns
+from .probe import check_input, probe_image
 from .runtime import ExportError, import_onnxruntime, onnx_session
 from .two_stage import onnx_translations
-from .verification import Check, check_file, thresholds
+from .verification import (ENOUGH_DETECTIONS, Check, check_file,
+                           thresholds)
 
 #: ONNX opset of the exported files.
 OPSET = 18
@@ -32,6 +37,7 @@ class ExportReport(NamedTuple):
     part: str
     dynamic: bool
     checks: List[Check]
+    image: str = ''
 
 
 def onnx_model(module: nn.Module, shape: Tuple[int, int], dynamic: bool,
@@ -41,6 +47,7 @@ def onnx_model(module: nn.Module, shape: Tuple[int, int], dynamic: bool,
     or width: torch.export refuses instead of fixing the size into the
     graph. ``fuse`` writes ONNX Runtime's fused operators
     (:mod:`.fusion`): a file for ONNX Runtime alone."""
+    require_onnx_export()  # one paragraph on an older torch
     example = (torch.zeros(1, 3, *shape), )
     dynamic_shapes = None
     if dynamic:
@@ -70,6 +77,31 @@ def onnx_model(module: nn.Module, shape: Tuple[int, int], dynamic: bool,
             f'{" ".join(str(error).split())[:400]}).') from error
 
 
+#: Levels ``--log-level`` takes.
+LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR')
+
+
+@contextlib.contextmanager
+def log_level(level: str = 'WARNING') -> Iterator[None]:
+    """Let what mmengine logs (its per-parameter initialisation report is
+    at INFO) reach the console from ``level`` on, restoring the current
+    MMLogger's levels afterwards."""
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    handlers = [h for h in logger.handlers
+                if not isinstance(h, logging.FileHandler)]
+    before = logger.level, [h.level for h in handlers]
+    logger.setLevel(level)
+    for handler in handlers:
+        handler.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before[0])
+        for handler, old in zip(handlers, before[1]):
+            handler.setLevel(old)
+
+
 def load_model(config: str, checkpoint: str,
                cfg_options: Optional[dict] = None) -> Tuple[Config, nn.Module]:
     """The config's model in eval mode with the checkpoint's weights,
@@ -89,15 +121,20 @@ def export_onnx(config: str, checkpoint: str, out: str,
                 dynamic: bool = False, backbone_only: bool = False,
                 force: bool = False, cfg_options: Optional[dict] = None,
                 log: Callable[[str], None] = print,
-                fuse: bool = False) -> ExportReport:
+                fuse: bool = False,
+                image: Optional[str] = None) -> ExportReport:
     """Export the model of ``config`` with the weights of ``checkpoint`` to
     ``out`` and check the file in ONNX Runtime against PyTorch.
 
     ``fuse`` writes ONNX Runtime's fused operators (:mod:`.fusion`), for
-    ONNX Runtime alone. The file is written beside ``out`` and replaces it
-    only after the checks pass (an existing ``out`` only with ``force``);
-    a file that fails them is removed and the failure is an ExportError.
+    ONNX Runtime alone. The check runs on ``image`` (a path; by default
+    the config's first validation image or a picture the package draws,
+    see :mod:`.probe`) through the config's test pipeline. The file is
+    written beside ``out`` and replaces it only after the checks pass (an
+    existing ``out`` only with ``force``); a file that fails them, or whose
+    check compared nothing, is removed and the failure is an ExportError.
     """
+    require_onnx_export()
     out = str(out)
     if osp.exists(out) and not force:
         raise ExportError(
@@ -105,6 +142,7 @@ def export_onnx(config: str, checkpoint: str, out: str,
             f'it.')
     import_onnxruntime()
     cfg, model = load_model(config, checkpoint, cfg_options)
+    probe = probe_image(cfg, image)
     module = exportable(model, config, backbone_only, dynamic)
     shape = tuple(shape) if shape else default_shape(cfg)
     if min(shape) < 32:
@@ -113,20 +151,38 @@ def export_onnx(config: str, checkpoint: str, out: str,
     log(f'Exporting the {module.part} of {config} at {shape[0]}x{shape[1]}'
         f'{" (dynamic height and width)" if dynamic else ""}'
         f'{" with ONNX Runtime fused operators" if fuse else ""} ...')
-    model = onnx_model(module, shape, dynamic, fuse)
+    proto = onnx_model(module, shape, dynamic, fuse)
     for key, value in (('part', module.part),
                        ('config', osp.basename(config)),
                        ('dynamic', str(dynamic)), ('fused', str(fuse))):
-        model.metadata_props.add(key=f'wavevit_mm.{key}', value=value)
+        proto.metadata_props.add(key=f'wavevit_mm.{key}', value=value)
     sizes = [shape, second_size(shape)] if dynamic else [shape]
+    log(f'Checking in ONNX Runtime against PyTorch on {probe.source}')
     with atomic_write(out) as tmp:
         with open(tmp, 'wb') as file:
-            file.write(model.SerializeToString())
+            file.write(proto.SerializeToString())
+        del proto
         session = onnx_session(tmp)
-        checks = [check_file(session, module, size) for size in sizes]
-        for check in checks:
-            log(f'  {check.size[0]}x{check.size[1]}: {check.describe()}')
+        checks = []
+        for size in sizes:
+            check = check_file(session, module,
+                               check_input(model, cfg, probe.image, size))
+            checks.append(check)
+            log(f'  {size[0]}x{size[1]}: {check.describe()}')
+            if check.proposals and check.detections[1] < ENOUGH_DETECTIONS:
+                log(f'  {size[0]}x{size[1]}: {check.detections[1]} '
+                    f'detections above the score threshold, fewer than '
+                    f'{ENOUGH_DETECTIONS}: the check rests on the '
+                    f'{check.proposals[1]} proposals and their class '
+                    f'scores before the threshold as well')
         failed = [c for c in checks if not c.passed]
+        if failed and failed[0].elements == 0:
+            raise ExportError(
+                f'the check of the exported file compared nothing at '
+                f'{failed[0].size[0]}x{failed[0].size[1]}: every output is '
+                f'empty in ONNX Runtime and in PyTorch on {probe.source}; '
+                f'pass --image with a picture the model finds something in. '
+                f'{out} was not written.')
         if failed:
             raise ExportError(
                 f'the exported file does not reproduce PyTorch at '
@@ -136,15 +192,18 @@ def export_onnx(config: str, checkpoint: str, out: str,
                 f'{out} was not written.')
         del session
     return ExportReport(out, osp.splitext(osp.basename(config))[0],
-                        module.part, dynamic, checks)
+                        module.part, dynamic, checks, probe.source)
 
 
 def format_checks(report: ExportReport) -> str:
-    """The verification table: model, size, difference."""
+    """The verification table: model, size, difference; then the image
+    checked on."""
     lines = ['| model | part | size | difference (ONNX Runtime vs PyTorch) |',
              '|---|---|---|---|']
     for check in report.checks:
         kind = 'dynamic' if report.dynamic else 'fixed'
         lines.append(f'| {report.model} | {report.part}, {kind} | '
                      f'{check.size[0]}x{check.size[1]} | {check.describe()} |')
+    if report.image:
+        lines.append(f'Checked on {report.image}.')
     return '\n'.join(lines)

@@ -107,7 +107,8 @@ def predict_image_onnx(image: np.ndarray, config: str, model_file: str,
                                  f'another model.')
             # boxes clipped to the image before its padding, as mmdet's
             dets, labels, masks = run_session(
-                session, _fit_fixed_input(session, data['inputs'], sample))
+                session, _fit_fixed_input(session, data['inputs'],
+                                          sample))[:3]
             height, width = sample.metainfo['img_shape'][:2]
             dets[:, 0:4:2] = dets[:, 0:4:2].clamp(0, width)
             dets[:, 1:4:2] = dets[:, 1:4:2].clamp(0, height)

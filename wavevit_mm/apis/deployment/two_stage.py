@@ -114,10 +114,15 @@ class MaskRCNNOutputs(nn.Module):
     ``dets`` (Kx5, x1 y1 x2 y2 score in input pixels, best first),
     ``labels`` (K) and ``masks`` (Kx28x28 probabilities of each detection's
     class, in its box), as mmdet's ``predict(rescale=False)`` finds them
-    before pasting the masks into the image."""
+    before pasting the masks into the image; and what comes before the
+    score threshold, for a check that still means something when no
+    detection passes it: ``proposals`` (Nx4, the RPN's boxes) and
+    ``proposal_scores`` (NxC, the bbox head's class probabilities of each,
+    background left out)."""
 
     part = 'instance segmentor'
-    output_names = ['dets', 'labels', 'masks']
+    output_names = ['dets', 'labels', 'masks', 'proposals',
+                    'proposal_scores']
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -125,12 +130,13 @@ class MaskRCNNOutputs(nn.Module):
         self.rpn_cfg = model.rpn_head.test_cfg
         self.rcnn_cfg = model.roi_head.test_cfg
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         feats = self.model.extract_feat(x)
         shape = x.shape[2:]
         proposals = self.proposals(feats, shape)
-        dets, labels = self.detections(feats, proposals, shape)
-        return dets, labels, self.masks(feats, dets[:, :4], labels)
+        dets, labels, scores = self.detections(feats, proposals, shape)
+        return (dets, labels, self.masks(feats, dets[:, :4], labels),
+                proposals, scores)
 
     def proposals(self, feats: Sequence[Tensor], shape) -> Tensor:
         """The RPN's boxes (Nx4), as ``RPNHead.predict_by_feat`` keeps
@@ -199,11 +205,12 @@ class MaskRCNNOutputs(nn.Module):
         return pooled
 
     def detections(self, feats: Sequence[Tensor], proposals: Tensor, shape
-                   ) -> Tuple[Tensor, Tensor]:
+                   ) -> Tuple[Tensor, Tensor, Tensor]:
         """The bbox head on the proposals, as ``BBoxHead.predict_by_feat``
         and ``multiclass_nms``: softmax scores, boxes decoded per class and
         clipped, those above ``score_thr`` suppressed per class, the
-        ``max_per_img`` best. Returns (dets Kx5, labels K)."""
+        ``max_per_img`` best. Returns (dets Kx5, labels K, the class
+        scores NxC of every proposal)."""
         roi_head, cfg = self.model.roi_head, self.rcnn_cfg
         head = roi_head.bbox_head
         rois = torch.cat([proposals.new_zeros(proposals.shape[0], 1),
@@ -219,13 +226,15 @@ class MaskRCNNOutputs(nn.Module):
             max_shape=shape)
         boxes = boxes.reshape(proposals.shape[0], box_classes, 4).expand(
             -1, num_classes, 4).reshape(-1, 4)
-        scores = scores[:, :-1].reshape(-1)
+        class_scores = scores[:, :-1]
+        scores = class_scores.reshape(-1)
         labels = torch.arange(num_classes, device=scores.device).repeat(
             proposals.shape[0])
         keep = batched_nms(boxes, scores, labels, scores > cfg.score_thr,
                            cfg.nms.iou_threshold, float(cfg.score_thr))
         keep = keep[:cfg.max_per_img]
-        return torch.cat([boxes[keep], scores[keep, None]], 1), labels[keep]
+        return (torch.cat([boxes[keep], scores[keep, None]], 1),
+                labels[keep], class_scores)
 
     def masks(self, feats: Sequence[Tensor], boxes: Tensor,
               labels: Tensor) -> Tensor:

@@ -1,7 +1,10 @@
 """The check that keeps an exported file: ONNX Runtime against PyTorch on
-the same input, raw outputs compared, detections decoded by mmdet's own
-code and matched (Mask R-CNN's with their masks), segmentation classes
-compared pixel by pixel."""
+the same input (an image through the config's test pipeline, see
+:mod:`.probe`), raw outputs compared, detections decoded by mmdet's own
+code and matched (Mask R-CNN's with their masks, and its proposals with
+their class scores before the score threshold), segmentation classes
+compared pixel by pixel. Empty outputs are compared as empty; a check
+that compared nothing keeps no file."""
 import copy
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -25,13 +28,17 @@ MIN_PIXEL_AGREEMENT = 0.999
 MIN_MASK_AGREEMENT = 0.999
 MATCH_IOU = 0.99
 TOP_DETECTIONS = 100
+#: Fewer detections than this and the check says that it rests on the
+#: tensors before the score threshold (Mask R-CNN's proposals and their
+#: class scores), which it compares in any case.
+ENOUGH_DETECTIONS = 10
 
 
 def thresholds() -> str:
     """What a kept file must reach, in words."""
     return (f'relative differences up to {MAX_RELATIVE_DIFFERENCE:g}, '
             f'{100 * MIN_DETECTIONS_MATCHED:g}% of the top {TOP_DETECTIONS} '
-            f'detections matched, {100 * MIN_MASK_AGREEMENT:g}% mask '
+            f'detections (and of Mask R-CNN\'s proposals) matched, {100 * MIN_MASK_AGREEMENT:g}% mask '
             f'agreement and {100 * MIN_PIXEL_AGREEMENT:g}% pixel agreement')
 
 
@@ -43,14 +50,16 @@ class Check(NamedTuple):
     detections: Optional[Tuple[int, int]] = None  # matched, of
     pixel_agreement: Optional[float] = None
     mask_agreement: Optional[float] = None
+    proposals: Optional[Tuple[int, int]] = None  # matched, of
+    elements: int = 1  # output elements compared
 
     @property
     def passed(self) -> bool:
-        if not self.max_rel <= MAX_RELATIVE_DIFFERENCE:
+        if self.elements == 0 or not self.max_rel <= MAX_RELATIVE_DIFFERENCE:
             return False
-        if self.detections is not None:
-            matched, total = self.detections
-            if matched < MIN_DETECTIONS_MATCHED * total:
+        for counts in (self.detections, self.proposals):
+            if counts is not None and (
+                    counts[0] < MIN_DETECTIONS_MATCHED * counts[1]):
                 return False
         if not (self.mask_agreement is None
                 or self.mask_agreement >= MIN_MASK_AGREEMENT):
@@ -59,11 +68,17 @@ class Check(NamedTuple):
                 or self.pixel_agreement >= MIN_PIXEL_AGREEMENT)
 
     def describe(self) -> str:
+        if self.elements == 0:
+            return 'nothing to compare: every output is empty in both'
         text = (f'max abs difference {self.max_abs:.2e}, relative '
                 f'{self.max_rel:.2e}')
         if self.detections is not None:
             text += (f', detections matched {self.detections[0]} of '
                      f'{self.detections[1]}')
+        if self.proposals is not None:
+            text += (f', proposals before the score threshold matched '
+                     f'{self.proposals[0]} of {self.proposals[1]} (their '
+                     f'class scores compared)')
         if self.mask_agreement is not None:
             text += f', mask agreement {100 * self.mask_agreement:.3f}%'
         if self.pixel_agreement is not None:
@@ -79,6 +94,8 @@ def differences(outputs: Sequence[Tensor],
     for output, reference in zip(outputs, expected):
         if output.shape != reference.shape:
             return float('inf'), float('inf')
+        if reference.numel() == 0:  # empty in both: nothing differs
+            continue
         difference = (output.double() - reference.double()).abs().max().item()
         scale = reference.double().abs().max().item() or 1.
         max_abs, max_rel = max(max_abs, difference), max(max_rel,
@@ -135,34 +152,50 @@ def matched_pairs(found, expected, top: int = TOP_DETECTIONS
             if best[i] >= MATCH_IOU]
 
 
-def _instances(dets: Tensor, labels: Tensor):
-    """Mask R-CNN's file outputs as an InstanceData of boxes and labels."""
+def _instances(boxes: Tensor, labels: Tensor, scores=None):
+    """Boxes and labels (and scores) as an InstanceData."""
     from mmengine.structures import InstanceData
-    return InstanceData(bboxes=dets[:, :4], scores=dets[:, 4],
-                        labels=labels.long())
+    instances = InstanceData(bboxes=boxes, labels=labels.long())
+    if scores is not None:
+        instances.scores = scores
+    return instances
 
 
-def _check_instances(module: nn.Module, size: Tuple[int, int],
+def _elements(tensors: Sequence[Tensor]) -> int:
+    return sum(t.numel() for t in tensors)
+
+
+def check_instances(module: nn.Module, size: Tuple[int, int],
                      outputs: Sequence[Tensor], expected: Sequence[Tensor]
                      ) -> Check:
     """Mask R-CNN's detections of the file and of PyTorch matched, and the
     raw differences of the matched ones' boxes, scores and masks (a
     detection kept by one side only counts as unmatched, not as a
-    difference)."""
-    (dets, labels, masks), (ref_dets, ref_labels, ref_masks) = (
-        outputs, expected)
-    found, reference = _instances(dets, labels), _instances(ref_dets,
-                                                            ref_labels)
+    difference); then the same of the proposals and their class scores,
+    before the score threshold."""
+    (dets, labels, masks, proposals, scores) = outputs
+    (ref_dets, ref_labels, ref_masks, ref_proposals, ref_scores) = expected
+    found = _instances(dets[:, :4], labels, dets[:, 4])
+    reference = _instances(ref_dets[:, :4], ref_labels, ref_dets[:, 4])
     pairs = matched_pairs(found, reference)
-    mine = [i for i, _ in pairs]
-    theirs = [j for _, j in pairs]
+    mine, theirs = [i for i, _ in pairs], [j for _, j in pairs]
+    top = max(len(proposals), len(ref_proposals))
+    proposal_pairs = matched_pairs(
+        _instances(proposals, proposals.new_zeros(len(proposals))),
+        _instances(ref_proposals, ref_proposals.new_zeros(
+            len(ref_proposals))), top)
+    p_mine = [i for i, _ in proposal_pairs]
+    p_theirs = [j for _, j in proposal_pairs]
+    compared = [dets[mine], masks[mine], proposals[p_mine], scores[p_mine]]
     max_abs, max_rel = differences(
-        [dets[mine], masks[mine]], [ref_dets[theirs], ref_masks[theirs]])
+        compared, [ref_dets[theirs], ref_masks[theirs],
+                   ref_proposals[p_theirs], ref_scores[p_theirs]])
     threshold = module.rcnn_cfg.get('mask_thr_binary', 0.5)
-    detections = len(pairs), _compared(found, reference)
-    return Check(size, max_abs, max_rel, detections=detections,
-                 mask_agreement=matched_masks(masks, ref_masks, pairs,
-                                              threshold))
+    return Check(
+        size, max_abs, max_rel,
+        detections=(len(pairs), _compared(found, reference)),
+        mask_agreement=matched_masks(masks, ref_masks, pairs, threshold),
+        proposals=(len(proposal_pairs), top), elements=_elements(compared))
 
 
 def _check_score_free(head: nn.Module) -> Config:
@@ -174,22 +207,30 @@ def _check_score_free(head: nn.Module) -> Config:
     return cfg
 
 
-def check_file(session, module: nn.Module, size: Tuple[int, int],
-               seed: int = 0) -> Check:
-    """Run the file and ``module`` (PyTorch) on one random input of
-    ``size`` and compare: raw outputs, and the decoded detections or the
-    predicted classes."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, 3, *size, generator=generator)
+def predicted_classes(logits: Tensor, head: nn.Module) -> Tensor:
+    """The class of each pixel from a decode head's logits (1xCxHxW), as
+    mmseg's ``postprocess_result`` takes it: the largest logit, or for one
+    channel the sigmoid above the head's ``threshold``."""
+    if logits.shape[1] > 1:
+        return logits.argmax(1)
+    return (logits.sigmoid() > head.threshold)[:, 0]
+
+
+def check_file(session, module: nn.Module, x: Tensor) -> Check:
+    """Run the file and ``module`` (PyTorch) on the batch ``x`` (1x3xHxW)
+    and compare: raw outputs, and the decoded detections or the predicted
+    classes."""
+    size = tuple(x.shape[2:])
     with torch.no_grad():
         expected = module(x)
     expected = list(expected) if isinstance(expected, tuple) else [expected]
     outputs = run_session(session, x)
     if module.part == 'instance segmentor':
-        return _check_instances(module, tuple(size), outputs, expected)
+        return check_instances(module, size, outputs, expected)
     max_abs, max_rel = differences(outputs, expected)
+    elements = _elements(expected)
     if not np.isfinite(max_abs):
-        return Check(tuple(size), max_abs, max_rel)
+        return Check(size, max_abs, max_rel, elements=elements)
     if module.part == 'detector':
         head = module.model.bbox_head
         cfg, metas = _check_score_free(head), image_metas(size)
@@ -198,10 +239,12 @@ def check_file(session, module: nn.Module, size: Tuple[int, int],
                                       metas, cfg)[0]
             reference = decode_detections(head, expected,
                                           module.output_names, metas, cfg)[0]
-        return Check(tuple(size), max_abs, max_rel,
+        return Check(size, max_abs, max_rel, elements=elements,
                      detections=matched_detections(found, reference))
     if module.part == 'segmentor':
-        agreement = (outputs[0].argmax(1) == expected[0].argmax(1))
-        return Check(tuple(size), max_abs, max_rel,
+        head = module.model.decode_head
+        agreement = (predicted_classes(outputs[0], head)
+                     == predicted_classes(expected[0], head))
+        return Check(size, max_abs, max_rel, elements=elements,
                      pixel_agreement=agreement.double().mean().item())
-    return Check(tuple(size), max_abs, max_rel)
+    return Check(size, max_abs, max_rel, elements=elements)
