@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo clean
+.PHONY: setup test test-fast test-matrix demo clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,17 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest $(TEST_OPTS) -m "not slow" $(PYTEST_ARGS)
+
+# The suite on another torch, in its own environment (.venv-torch$(TORCH):
+# that torch from the package index, mmcv 2.1.0 compiled against it, the
+# rest of requirements.txt) with the package's Haar kernels built for it;
+# prints one row: torch, Python, mmcv, tests passed/failed/skipped.
+#   make test-matrix TORCH=2.1.2
+TORCH ?= 2.13.0
+
+test-matrix:
+	$(TEST_ENV) $(PYTHON) tools/test_matrix.py --torch $(TORCH) \
+		--workers $(TEST_WORKERS) -- $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	PYTHON=$(abspath $(PY)) bash projects/toy_shapes/demo.sh

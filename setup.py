@@ -28,9 +28,13 @@ def compiled_ops():
                       f'build ({error}); the package uses its pure-PyTorch '
                       f'transforms instead')
 
+    import torch
     openmp = ['-fopenmp']  # at::parallel_for runs serially without it
     extension = CppExtension(
         'wavevit_mm.ops._haar', ['wavevit_mm/ops/csrc/haar.cpp'],
+        # stringified by haar.cpp: wavelet.py ignores a build for another
+        # torch (no quotes, which the ninja build would lose)
+        define_macros=[('WAVEVIT_TORCH_VERSION', torch.__version__)],
         extra_compile_args=['-O3'] + openmp, extra_link_args=openmp,
         optional=True)  # in-place builds then skip copying a missing .so
     return dict(ext_modules=[extension],

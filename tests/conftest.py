@@ -88,3 +88,18 @@ def runner_checkpoint(tmp_path_factory):
                                            interval=1)))
     runner.train()
     return str(work_dir / 'epoch_1.pth')
+
+
+def pytest_collection_modifyitems(config, items):
+    """Where torch cannot export to ONNX, the tests that export (the
+    deployment tests, and those marked ``onnx_export``) skip, saying which
+    torch they need."""
+    from wavevit_mm import compat
+    if not compat.onnx_export_missing():
+        return
+    skip = pytest.mark.skip(reason=f'ONNX export needs torch '
+                            f'{compat.ONNX_EXPORT_TORCH} or newer')
+    for item in items:
+        if ('deployment' in item.path.name
+                or item.get_closest_marker('onnx_export')):
+            item.add_marker(skip)

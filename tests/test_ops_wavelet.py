@@ -4,11 +4,19 @@ oracle.
 Every test runs twice: with the compiled CPU kernels and with the
 pure-PyTorch formulation (used on GPUs and where the kernels are not built).
 """
+import importlib.machinery
+import warnings
+
 import pytest
 import torch
 from pytorch_wavelets import DWTForward, DWTInverse
 
+from wavevit_mm import compat
 from wavevit_mm.ops import DWT2D, IDWT2D, haar_dwt2d, haar_idwt2d, wavelet
+
+needs_custom_ops = pytest.mark.skipif(
+    not compat.has_custom_ops(),
+    reason='torch.library.custom_op needs torch 2.4 or newer')
 
 
 @pytest.fixture(autouse=True, params=['compiled', 'pytorch'])
@@ -176,6 +184,7 @@ def test_bad_inputs_name_the_problem():
         DWT2D()(torch.randn(3, 8, 8))
 
 
+@needs_custom_ops
 @pytest.mark.parametrize('channels_last', [False, True])
 @pytest.mark.parametrize('shape', [(2, 3, 6, 4), (1, 2, 5, 7)])
 def test_transforms_are_registered_operators(shape, channels_last):
@@ -228,11 +237,111 @@ def test_compiled_transforms_match_pytorch_wavelets(implementation,
     (graph, ) = graphs
     operators = {str(node.target) for node in graph.graph.nodes
                  if 'wavevit_mm' in str(node.target)}
-    if implementation == 'compiled':
+    if implementation == 'compiled' and wavelet._OPERATORS:
         assert operators == {'wavevit_mm.haar_dwt2d.default',
                              'wavevit_mm.haar_idwt2d.default'}
-    else:
+    else:  # and where torch has no custom_op
         assert operators == set()
+
+
+@pytest.fixture
+def autograd_functions(monkeypatch):
+    """The transforms as on a torch without torch.library.custom_op."""
+    def not_called(*args):
+        raise AssertionError('an operator was called')
+    monkeypatch.setattr(wavelet, '_OPERATORS', False)
+    monkeypatch.setattr(wavelet, '_dwt_op', not_called, raising=False)
+    monkeypatch.setattr(wavelet, '_idwt_op', not_called, raising=False)
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('shape', [(2, 3, 6, 4), (1, 2, 5, 7)])
+def test_autograd_functions_without_custom_op(autograd_functions, shape,
+                                              channels_last):
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(shape, dtype=torch.float64).contiguous(
+        memory_format=layout).requires_grad_()
+    bands = haar_dwt2d(x)
+    torch.testing.assert_close(bands, oracle_dwt(x.detach()))
+    assert bands.is_contiguous(memory_format=layout)
+    image = haar_idwt2d(bands, shape[2:])
+    torch.testing.assert_close(image, x.detach())
+    assert image.is_contiguous(memory_format=layout)
+    assert torch.autograd.gradcheck(haar_dwt2d, (x, ))
+    assert torch.autograd.gradgradcheck(haar_dwt2d, (x, ))
+    y = bands.detach().requires_grad_()
+    for size in (None, shape[2:]):
+        assert torch.autograd.gradcheck(haar_idwt2d, (y, size))
+        assert torch.autograd.gradgradcheck(haar_idwt2d, (y, size))
+    weight = torch.randn(oracle_dwt(x.detach()).shape, dtype=torch.float64)
+    (grad, ) = torch.autograd.grad((haar_dwt2d(x) * weight).sum(), x)
+    x_ref = x.detach().contiguous().requires_grad_()
+    (expected, ) = torch.autograd.grad((oracle_dwt(x_ref) * weight).sum(),
+                                       x_ref)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_autograd_functions_compile_in_one_graph(autograd_functions):
+    """Without custom_op, torch.compile traces the element-wise form."""
+    def round_trip(x):
+        bands = haar_dwt2d(torch.relu(x))
+        return bands, haar_idwt2d(bands * 2, x.shape[2:])
+
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64)
+    torch._dynamo.reset()
+    bands, image = torch.compile(round_trip, fullgraph=True,
+                                 backend='eager')(x)
+    torch.testing.assert_close(bands, oracle_dwt(torch.relu(x)))
+    torch.testing.assert_close(image, 2 * torch.relu(x))
+
+
+def _package(root, name, files):
+    package = root / name
+    package.mkdir()
+    (package / '__init__.py').write_text('')
+    for filename, content in files.items():
+        (package / filename).write_bytes(content)
+    return name
+
+
+def _load_with_warnings(name):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        module = wavelet._load_compiled(name)
+    return module, [str(w.message) for w in caught]
+
+
+def test_the_built_kernels_are_for_this_torch():
+    module, warned = _load_with_warnings('wavevit_mm.ops._haar')
+    assert module is not None and warned == []
+    assert module.torch_version() == torch.__version__
+
+
+def test_kernels_built_for_another_torch_fall_back_with_one_warning(
+        tmp_path, monkeypatch):
+    """A stale in-place build: the pure-PyTorch transforms instead, said
+    once; not built at all: silence."""
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    name = _package(tmp_path, 'stale_build', {
+        '_other_torch.py': b"def torch_version():\n    return '1.13.1+cu117'\n",
+        '_unmarked.py': b'def haar_dwt2d(x):\n    return x\n',
+        f'_unloadable{suffix}': b'not a shared object',
+    })
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module, warned = _load_with_warnings(f'{name}._other_torch')
+    assert module is None
+    (message, ) = warned
+    assert message.startswith(
+        f'The compiled Haar transforms ({name}._other_torch) are not used: '
+        f'it was built for torch 1.13.1+cu117, and this is torch '
+        f'{torch.__version__}. The pure-PyTorch transforms compute the same')
+    module, warned = _load_with_warnings(f'{name}._unmarked')
+    assert module is None and len(warned) == 1
+    assert 'built for torch unknown' in warned[0]
+    module, warned = _load_with_warnings(f'{name}._unloadable')
+    assert module is None and len(warned) == 1
+    assert 'it does not load (' in warned[0]
+    assert _load_with_warnings(f'{name}._not_built') == (None, [])
 
 class HaarRoundTrip(torch.nn.Module):
     """A DWT and the IDWT of its bands, cropped back to the input size."""
@@ -246,6 +355,7 @@ class HaarRoundTrip(torch.nn.Module):
         return bands, self.idwt(bands * 2, x.shape[2:])
 
 
+@pytest.mark.onnx_export  # skipped where torch cannot export
 @pytest.mark.slow
 def test_transforms_export_to_onnx_and_run_at_any_size(tmp_path):
     """Exported once at an even size with dynamic sizes (torch.onnx's

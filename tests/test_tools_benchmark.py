@@ -273,6 +273,7 @@ def test_benchmark_json_holds_every_figure_of_the_run(tmp_path):
     assert '| Wave-ViT-S | bf16 | 2 |' in run.stdout
 
 
+@pytest.mark.onnx_export
 @pytest.mark.slow
 def test_onnxruntime_table_times_both_models_with_the_same_outputs():
     """On the toy RetinaNet (the table's rows are the detector of a config
@@ -315,6 +316,7 @@ class GeluBlock(torch.nn.Module):
         return self.norm(x + torch.nn.functional.gelu(self.fc(x)))
 
 
+@pytest.mark.onnx_export
 @pytest.mark.slow
 def test_fused_onnx_export_has_the_runtime_gelu_and_skip_layernorm(
         tmp_path):

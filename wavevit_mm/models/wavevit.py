@@ -23,6 +23,7 @@ from mmengine.model.weight_init import (constant_init, initialize,
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .. import compat
 from ..ops import DWT2D, IDWT2D
 from .init_cfg import check_init_cfg, split_init_cfg
 from .official import NUM_STAGES
@@ -225,7 +226,7 @@ class Block(nn.Module):
         if self.with_cp and torch.is_grad_enabled() and (
                 x.requires_grad
                 or any(p.requires_grad for p in self.parameters())):
-            if torch.compiler.is_compiling():
+            if compat.is_compiling():
                 # traced once: the recomputation torch.compile places in
                 # the backward graph updates no BatchNorm statistics
                 return cp.checkpoint(self._inner_forward, x, hw,

@@ -9,9 +9,11 @@ The four sub-bands are concatenated on the channel axis, band-major:
 The Haar transforms are the custom operators ``wavevit_mm::haar_dwt2d``
 and ``wavevit_mm::haar_idwt2d`` (``torch.library``), with fake kernels and
 gradients registered, so ``torch.compile`` traces a network through them
-without graph breaks. On the CPU they run a compiled one-pass kernel
+without graph breaks; a torch without ``custom_op`` (before 2.4) gets them
+as ``autograd.Function``s. On the CPU they run a compiled one-pass kernel
 (``csrc/haar.cpp``, built by ``pip install --no-build-isolation -e .``);
-elsewhere, or when it is not built, the same transform is computed with
+elsewhere, or when it is not built (or was built for another torch: one
+warning), the same transform is computed with
 strided slicing and additions. Because the orthonormal Haar DWT is its own
 adjoint's inverse, the backward pass of the DWT is the IDWT of the incoming
 gradient and vice versa, so both directions cost about one copy of the data
@@ -22,16 +24,41 @@ Odd sizes are zero-padded at the bottom/right, as
 pytorch_wavelets does in ``'zero'`` mode. Other wavelets are delegated to
 pytorch_wavelets.
 """
+import importlib
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-try:
-    from . import _haar as _compiled  # one-pass CPU kernels
-except ImportError:  # not built: the pure-PyTorch formulation below
-    _compiled = None
+from .. import compat
+
+
+def _load_compiled(name: str = __name__.rpartition('.')[0] + '._haar'):
+    """The one-pass CPU kernels, or None where they were not built, or
+    were built for another torch (a stale in-place build: one warning, and
+    the pure-PyTorch transforms, which compute the same, instead)."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError as error:
+        if isinstance(error, ModuleNotFoundError) and error.name == name:
+            return None  # not built: nothing to warn about
+        reason = f'it does not load ({error})'
+    else:
+        built_for = getattr(module, 'torch_version', lambda: 'unknown')()
+        if built_for == torch.__version__:
+            return module
+        reason = f'it was built for torch {built_for}'
+    warnings.warn(
+        f'The compiled Haar transforms ({name}) are not used: {reason}, '
+        f'and this is torch {torch.__version__}. The pure-PyTorch '
+        f'transforms compute the same, slower on the CPU; rebuild with '
+        f'`pip install --no-build-isolation -e .`.', stacklevel=2)
+    return None
+
+
+_compiled = _load_compiled()
 
 _COMPILED_DTYPES = (torch.float32, torch.float64, torch.bfloat16,
                     torch.float16)
@@ -197,66 +224,112 @@ def _empty_like_output(x: Tensor, shape: Tuple) -> Tensor:
                        memory_format=_bands_layout(x))
 
 
+def _dwt_eager(x: Tensor) -> Tensor:
+    return _haar_dwt(x).contiguous(memory_format=_bands_layout(x))
+
+
+def _idwt_eager(x: Tensor, size: Optional[List[int]]) -> Tensor:
+    out = _haar_idwt(x, None if size is None else (size[0], size[1]))
+    return out.contiguous(memory_format=_bands_layout(x))
+
+
 # The transforms are custom operators, so torch.compile traces the backbone
 # through them in one graph (their fake kernels give the output's shape and
 # layout without computing it) and autograd knows their gradients: the DWT's
 # is the IDWT of the incoming gradient and vice versa. Every output is a
 # fresh tensor, channels-last for a channels-last input, else contiguous.
+# A torch without custom_op (before 2.4) gets the same transforms and
+# gradients as autograd.Functions; torch.compile then traces the
+# element-wise form instead.
 
-@torch.library.custom_op('wavevit_mm::haar_dwt2d', mutates_args=())
-def _dwt_op(x: Tensor) -> Tensor:
-    return _haar_dwt(x).contiguous(memory_format=_bands_layout(x))
+class _HaarDWT(torch.autograd.Function):
+    """The DWT with the IDWT as its gradient, where torch has no
+    ``torch.library.custom_op``."""
 
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.input_size = [x.shape[2], x.shape[3]]
+        return _dwt_eager(x)
 
-@_dwt_op.register_fake
-def _(x: Tensor) -> Tensor:
-    batch, channels, height, width = x.shape
-    return _empty_like_output(
-        x, (batch, 4 * channels, (height + 1) // 2, (width + 1) // 2))
-
-
-@torch.library.custom_op('wavevit_mm::haar_idwt2d', mutates_args=())
-def _idwt_op(x: Tensor, size: Optional[List[int]]) -> Tensor:
-    out = _haar_idwt(x, None if size is None else (size[0], size[1]))
-    return out.contiguous(memory_format=_bands_layout(x))
-
-
-@_idwt_op.register_fake
-def _(x: Tensor, size: Optional[List[int]]) -> Tensor:
-    batch, channels4, height, width = x.shape
-    height, width = size if size is not None else (2 * height, 2 * width)
-    return _empty_like_output(x, (batch, channels4 // 4, height, width))
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return _HaarIDWT.apply(grad, ctx.input_size)
 
 
-def _keep_input_size(ctx, inputs: Tuple[Tensor], output: Tensor) -> None:
-    ctx.input_size = [inputs[0].shape[2], inputs[0].shape[3]]
+class _HaarIDWT(torch.autograd.Function):
+    """The IDWT with the DWT as its gradient (the crop's is zero-padding,
+    which the DWT does itself)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, size: Optional[List[int]]) -> Tensor:
+        return _idwt_eager(x, size)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tuple[Tensor, None]:
+        return _HaarDWT.apply(grad), None
 
 
-_dwt_op.register_autograd(
-    lambda ctx, grad: _idwt_op(grad, ctx.input_size),
-    setup_context=_keep_input_size)
-# the crop's gradient is zero-padding, which the DWT does itself
-_idwt_op.register_autograd(lambda ctx, grad: (_dwt_op(grad), None),
-                           setup_context=lambda ctx, inputs, output: None)
+#: Whether the transforms are torch.library operators (else Functions).
+_OPERATORS = compat.has_custom_ops()
+
+if _OPERATORS:
+    @torch.library.custom_op('wavevit_mm::haar_dwt2d', mutates_args=())
+    def _dwt_op(x: Tensor) -> Tensor:
+        return _dwt_eager(x)
+
+    @_dwt_op.register_fake
+    def _(x: Tensor) -> Tensor:
+        batch, channels, height, width = x.shape
+        return _empty_like_output(
+            x, (batch, 4 * channels, (height + 1) // 2, (width + 1) // 2))
+
+    @torch.library.custom_op('wavevit_mm::haar_idwt2d', mutates_args=())
+    def _idwt_op(x: Tensor, size: Optional[List[int]]) -> Tensor:
+        return _idwt_eager(x, size)
+
+    @_idwt_op.register_fake
+    def _(x: Tensor, size: Optional[List[int]]) -> Tensor:
+        batch, channels4, height, width = x.shape
+        height, width = size if size is not None else (2 * height,
+                                                       2 * width)
+        return _empty_like_output(x, (batch, channels4 // 4, height, width))
+
+    def _keep_input_size(ctx, inputs: Tuple[Tensor], output: Tensor) -> None:
+        ctx.input_size = [inputs[0].shape[2], inputs[0].shape[3]]
+
+    _dwt_op.register_autograd(
+        lambda ctx, grad: _idwt_op(grad, ctx.input_size),
+        setup_context=_keep_input_size)
+    _idwt_op.register_autograd(lambda ctx, grad: (_dwt_op(grad), None),
+                               setup_context=lambda ctx, inputs, output: None)
+
+
+def _dwt(x: Tensor) -> Tensor:
+    return _dwt_op(x) if _OPERATORS else _HaarDWT.apply(x)
+
+
+def _idwt(x: Tensor, size: Optional[List[int]]) -> Tensor:
+    return _idwt_op(x, size) if _OPERATORS else _HaarIDWT.apply(x, size)
 
 
 def _exporting() -> bool:
     """Whether the network is being exported: torch.export (what
     ``torch.onnx.export`` runs by default) or the TorchScript-based ONNX
     exporter."""
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+    return compat.is_exporting() or torch.onnx.is_in_onnx_export()
 
 
 def _traced(x: Tensor) -> bool:
-    return _exporting() or (torch.compiler.is_compiling()
-                            and not _use_compiled(x))
+    # the one-pass kernel serves a compiled graph only as an operator
+    return _exporting() or (compat.is_compiling()
+                            and not (_OPERATORS and _use_compiled(x)))
 
 
 def haar_dwt2d(x: Tensor) -> Tensor:
     """Haar DWT: (B, C, H, W) -> (B, 4C, ceil(H/2), ceil(W/2))."""
     if _traced(x):
         return _haar_dwt_traced(x)
-    return _dwt_op(x)
+    return _dwt(x)
 
 
 def haar_idwt2d(x: Tensor, size: Optional[Tuple[int, int]] = None
@@ -273,8 +346,8 @@ def haar_idwt2d(x: Tensor, size: Optional[Tuple[int, int]] = None
         return _haar_idwt_traced(x, size)
     if size is not None and torch.jit.is_tracing():
         # sizes are traced values there, which an operator cannot take
-        return _idwt_op(x, None)[..., :size[0], :size[1]]
-    return _idwt_op(x, None if size is None else [size[0], size[1]])
+        return _idwt(x, None)[..., :size[0], :size[1]]
+    return _idwt(x, None if size is None else [size[0], size[1]])
 
 
 def _check_4d(x: Tensor, name: str) -> None:

@@ -13,6 +13,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#include <string>
 #include <vector>
 
 namespace {
@@ -232,7 +233,19 @@ Tensor haar_idwt2d(const Tensor& input, int64_t height, int64_t width) {
   });
 }
 
+// The torch this file was compiled against (setup.py defines it): a build
+// loaded by another torch is not used (wavelet.py warns).
+#define WAVEVIT_STRINGIFY_(x) #x
+#define WAVEVIT_STRINGIFY(x) WAVEVIT_STRINGIFY_(x)
+#ifdef WAVEVIT_TORCH_VERSION
+static const char* kBuiltForTorch = WAVEVIT_STRINGIFY(WAVEVIT_TORCH_VERSION);
+#else
+static const char* kBuiltForTorch = "unknown";
+#endif
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("torch_version", [] { return std::string(kBuiltForTorch); },
+        "The torch version this extension was compiled against");
   m.def("haar_dwt2d", &haar_dwt2d, "Haar DWT, bands on channels",
         py::arg("input"));
   m.def("haar_idwt2d", &haar_idwt2d, "Haar inverse DWT, cropped",
