@@ -1,6 +1,8 @@
+import http.server
 import logging
 import os
 import sys
+import threading
 
 import pytest
 
@@ -88,6 +90,45 @@ def runner_checkpoint(tmp_path_factory):
                                            interval=1)))
     runner.train()
     return str(work_dir / 'epoch_1.pth')
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """Serves tmp_path/served over HTTP on 127.0.0.1; the torch hub cache is
+    tmp_path/torch_home. ``/cut/NAME`` serves NAME with its full
+    Content-Length but only the first half of its bytes, as a connection
+    cut short does. Yields (base URL, served folder, request log)."""
+    served = tmp_path / 'served'
+    served.mkdir()
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def do_GET(self):
+            requests.append(self.path)
+            if not self.path.startswith('/cut/'):
+                return super().do_GET()
+            data = (served / self.path[len('/cut/'):]).read_bytes()
+            self.send_response(200)
+            self.send_header('Content-Length', str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:len(data) // 2])
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f'http://127.0.0.1:{httpd.server_address[1]}', served, requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def pytest_collection_modifyitems(config, items):

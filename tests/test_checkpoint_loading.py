@@ -23,8 +23,8 @@ from wavevit_mm import WaveViT
 from wavevit_mm.checkpoint import (MODEL_TRUST_HINT, SAFE_GLOBALS,
                                    CheckpointError, UnsafeCheckpointError,
                                    load_checkpoint, read_once)
-from wavevit_mm.checkpoint.loading import (_history_buffer_method,
-                                           register_loader, unregister_loader)
+from wavevit_mm.checkpoint.allow_list import _history_buffer_method
+from wavevit_mm.checkpoint.loading import register_loader, unregister_loader
 
 
 # ------------------------------------------------------------ bad files

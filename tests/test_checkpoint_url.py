@@ -1,7 +1,6 @@
 """Pretrained weights from a URL: served by a real HTTP server on
 127.0.0.1, downloaded once into the torch hub cache, read weights-only."""
-import http.server
-import threading
+import hashlib
 
 import pytest
 import torch
@@ -12,36 +11,7 @@ from official_layout import official_stage_outputs, official_state_dict
 from wavevit_mm import WaveViT
 from wavevit_mm.checkpoint import (CheckpointError, UnsafeCheckpointError,
                                    load_checkpoint)
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    """Serves tmp_path/served over HTTP on 127.0.0.1; the hub cache is
-    tmp_path/torch_home. Yields (base URL, served folder, request log)."""
-    served = tmp_path / 'served'
-    served.mkdir()
-    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
-    requests = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(served), **kwargs)
-
-        def do_GET(self):
-            requests.append(self.path)
-            super().do_GET()
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f'http://127.0.0.1:{httpd.server_address[1]}', served, requests
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+from wavevit_mm.checkpoint.url_cache import cache_path
 
 
 def test_official_checkpoint_from_a_url_loads_strictly_and_once(
@@ -54,7 +24,9 @@ def test_official_checkpoint_from_a_url_loads_strictly_and_once(
     model = WaveViT('s', init_cfg=dict(type='Pretrained', checkpoint=url))
     model.init_weights()
     model.eval()
-    cached = tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'wavevit_s.pth'
+    cached = tmp_path / 'torch_home' / 'hub' / 'checkpoints' / \
+        hashlib.sha256(url.encode()).hexdigest()[:16] / 'wavevit_s.pth'
+    assert cache_path(url) == str(cached)
     assert cached.read_bytes() == (served / 'wavevit_s.pth').read_bytes()
     assert requests == ['/wavevit_s.pth']
     image = torch.randn(1, 3, 64, 96)

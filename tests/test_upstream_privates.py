@@ -172,3 +172,52 @@ def test_runner_keeps_load_from_and_resume_in_private_attributes(tmp_path,
         Runner, '_load_from', CHECKPOINT_FIT_HOOK)
     assert getattr(runner, '_resume', None) is resume, changed(
         Runner, '_resume', CHECKPOINT_FIT_HOOK)
+
+
+LOADING = 'wavevit_mm/checkpoint/loading.py'
+ALLOW_LIST = 'wavevit_mm/checkpoint/allow_list.py'
+
+
+def test_checkpoint_loader_keeps_its_loaders_by_prefix():
+    """register_loader replaces every loader mmengine has, read from
+    CheckpointLoader._schemes, and unregister_loader puts them back."""
+    from mmengine.runner import CheckpointLoader
+    from wavevit_mm.checkpoint.loading import load_from_wavevit_mm
+    schemes = getattr(CheckpointLoader, '_schemes', None)
+    assert isinstance(schemes, dict) and set(schemes) >= {
+        '', 'http://', 'https://', 'open-mmlab://', 'openmmlab://',
+        'torchvision://', 'modelzoo://', 'mmcls://', 'pavi://',
+        r'(\S+\:)?s3://', r'(\S+\:)?petrel://'}, changed(
+            CheckpointLoader, '_schemes', LOADING)
+    assert set(schemes.values()) == {load_from_wavevit_mm}, changed(
+        CheckpointLoader, '_schemes', LOADING)
+
+
+def test_model_zoo_helpers_are_where_the_reader_finds_them(tmp_path,
+                                                           monkeypatch):
+    """The zoo reader resolves names with mmengine's tables and its home
+    folder, and keeps an mmcls:// file's backbone weights as mmengine
+    does."""
+    from mmengine.runner import checkpoint
+    monkeypatch.setenv('MMENGINE_HOME', str(tmp_path))
+    for name in ('get_external_models', 'get_mmcls_models',
+                 'get_torchvision_models', 'get_deprecated_model_names'):
+        assert callable(getattr(checkpoint, name, None)), changed(
+            checkpoint, name, LOADING)
+    assert checkpoint._get_mmengine_home() == str(tmp_path), changed(
+        checkpoint, '_get_mmengine_home', LOADING)
+    kept = checkpoint._process_mmcls_checkpoint(
+        dict(state_dict={'backbone.w': 1, 'head.b': 2}))
+    assert kept == dict(state_dict={'w': 1}), changed(
+        checkpoint, '_process_mmcls_checkpoint', LOADING)
+
+
+def test_torch_lists_its_weights_only_globals():
+    """The restricted unpickler of older torch admits what torch's own
+    weights-only unpickler admits, read from this private."""
+    from torch import _weights_only_unpickler
+    allowed = _weights_only_unpickler._get_allowed_globals()
+    assert 'torch._utils._rebuild_tensor_v2' in allowed and \
+        'collections.OrderedDict' in allowed, \
+        f'torch changed _weights_only_unpickler._get_allowed_globals; ' \
+        f'revisit {ALLOW_LIST}'

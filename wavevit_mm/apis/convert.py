@@ -35,8 +35,9 @@ def convert_checkpoint(src: str, dst: str, arch: Optional[str] = None,
     written in that format, otherwise with ``torch.save`` as
     ``{'state_dict': ..., 'meta': ...}``. The arch is inferred from the
     weight shapes unless given. The result is verified by a strict load
-    into the backbone and a forward pass before it replaces ``dst``; a
-    failure at any step leaves ``dst`` as it was.
+    into the backbone and a forward pass before it takes the name ``dst``
+    (an existing ``dst`` only with ``force``, checked when the file is
+    moved into place); a failure at any step leaves ``dst`` as it was.
     """
     src, dst = str(src), str(dst)
     if osp.exists(dst) and not force:
@@ -54,7 +55,7 @@ def convert_checkpoint(src: str, dst: str, arch: Optional[str] = None,
             f'explicitly (--arch).')
     check_fits(state_dict, WaveViT(arch), src)
     meta = dict(arch=arch, converted_from=osp.basename(src))
-    with atomic_write(dst) as tmp:
+    with atomic_write(dst, replace=force) as tmp:
         save_weights(state_dict, tmp, meta, dst.endswith('.safetensors'))
         verify_backbone_file(tmp, arch)
     return report

@@ -13,7 +13,6 @@ reader (mmdet's ``DetInferencer(weights=...)`` without a config, plain
 """
 import hashlib
 import io
-import os.path as osp
 from typing import Any, Dict, List, NamedTuple
 
 import numpy as np
@@ -69,7 +68,8 @@ def publish_checkpoint(src: str, out: str, force: bool = False
 
     ``src`` is read as every checkpoint is (weights-only, CRC-checked). The
     file is written atomically; an existing file of that name is replaced
-    only with ``force``, else FileExistsError.
+    only with ``force``, else FileExistsError (checked when the file is
+    moved into place, so a file that appears meanwhile is kept).
     """
     src, out = str(src), str(out)
     checkpoint = load_checkpoint(src)
@@ -85,11 +85,7 @@ def publish_checkpoint(src: str, out: str, force: bool = False
     data = buffer.getvalue()
     sha256 = hashlib.sha256(data).hexdigest()
     path = published_name(out, sha256)
-    if osp.exists(path) and not force:
-        raise FileExistsError(
-            f'{path} already exists; pass --force (force=True) to overwrite '
-            f'it.')
-    with atomic_write(path, len(data)) as tmp:
+    with atomic_write(path, len(data), replace=force) as tmp:
         with open(tmp, 'wb') as file:
             file.write(data)
     return Published(path, sha256, dropped)

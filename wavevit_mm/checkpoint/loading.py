@@ -1,98 +1,54 @@
 """Reading checkpoint files without running code from them.
 
 Checkpoint files are untrusted input: a ``.pth`` file is a pickle, and
-unpickling can call anything. :func:`load_checkpoint` reads
+unpickling can call anything. :func:`load_checkpoint` is the one reader of
+the process; it reads
 
 * local files, after checking they are checkpoints at all (zip or legacy
   ``torch.save`` pickles, ``.safetensors``) and, for zip files, that every
   entry passes its CRC-32 check (torch.load does not check it, so a
   damaged file would load as different weights);
-* ``http(s)://`` URLs, downloaded once into the torch hub cache
-  (``$TORCH_HOME/hub/checkpoints``) and then read as local files;
-* every other storage scheme mmengine's ``CheckpointLoader`` knows
-  (``s3://``, ``petrel://``, ...) through that loader;
+* ``http(s)://`` URLs (any letter case), downloaded once into a cache of
+  their own (:mod:`.url_cache`) and then read as local files; a download
+  the reader refuses is removed from the cache;
+* OpenMMLab's model-zoo names (``open-mmlab://``, ``openmmlab://``,
+  ``torchvision://``, ``modelzoo://``, ``mmcls://``), resolved with
+  mmengine's own tables to a URL or a file, then read as those;
+* ``s3://`` and ``petrel://`` paths, fetched by mmengine's file backend and
+  read as local files;
 
-always with ``torch.load(weights_only=True)``, onto the device
-``map_location`` names (the CPU unless a caller says otherwise). On top of
-tensors, containers and numbers, only :data:`SAFE_GLOBALS` may be
-unpickled: what official Wave-ViT training scripts and mmengine's Runner
-store. The list is registered with ``torch.serialization.add_safe_globals``
-when this module is imported (``import wavevit_mm``, which every config does
-through ``custom_imports``), and this reader is registered as mmengine's
-loader for local files and URLs (:func:`register_loader`), so ``load_from``,
-``--resume`` and mmdet's and mmseg's own tools read these checkpoints the
-same way. This holds for every model of the process; :func:`unregister_loader`
-gives mmengine its own loaders back.
+always weights-only with :data:`~.allow_list.SAFE_GLOBALS`
+(:func:`~.allow_list.weights_only_load`), onto the device ``map_location``
+names (the CPU unless a caller says otherwise). Any other scheme
+(``pavi://``, ``ftp://``, ``file://``) is refused in one paragraph.
+
+This reader is registered as mmengine's loader for every scheme mmengine
+knows (:func:`register_loader`, done when this module is imported, i.e.
+``import wavevit_mm``, which every config does through ``custom_imports``),
+so ``load_from``, ``--resume`` and mmdet's and mmseg's own tools read
+checkpoints the same way. This holds for every model of the process;
+:func:`unregister_loader` gives mmengine its own loaders back.
 
 Within :func:`read_once`, a file read to check it is handed to the next
 reader (e.g. mmengine's Runner) without being deserialized again.
 """
-import argparse
 import contextlib
-import inspect
-import os
-import os.path as osp
 import io
+import os.path as osp
 import pickle
 import re
-import urllib.error
-import urllib.parse
+import tempfile
 import zipfile
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
-from mmengine.dist import barrier, get_dist_info
-from mmengine.logging import HistoryBuffer, print_log
+from mmengine.fileio import get_file_backend
 from mmengine.runner import CheckpointLoader
-from mmengine.runner.checkpoint import load_from_http, load_from_local
+from mmengine.runner import checkpoint as mmengine_checkpoint
 
 from ..errors import CheckpointError, UnsafeCheckpointError
-
-try:  # numpy 2 moved numpy.core to numpy._core; 1.26 has both
-    from numpy._core.multiarray import _reconstruct, scalar
-except ImportError:
-    from numpy.core.multiarray import _reconstruct, scalar
-
-
-def _history_buffer_method(owner: Any, name: str) -> Callable:
-    """Stands in for ``builtins.getattr`` while unpickling.
-
-    mmengine's HistoryBuffer pickles its statistics methods as
-    ``getattr(HistoryBuffer, 'mean')``; any other attribute lookup, which
-    could reach arbitrary objects, is refused.
-    """
-    if owner is HistoryBuffer and not name.startswith('_') and \
-            inspect.isfunction(vars(HistoryBuffer).get(name)):
-        return getattr(owner, name)
-    raise pickle.UnpicklingError(
-        f'getattr({owner!r}, {name!r}) is not allowed in a checkpoint')
-
-
-_NUMPY_DTYPES = sorted(
-    {type(np.dtype(code))
-     for code in '?' + np.typecodes['AllInteger'] + np.typecodes['AllFloat']},
-    key=lambda cls: cls.__name__)
-
-#: Globals allowed while unpickling a checkpoint, beyond the tensors,
-#: containers and numbers ``torch.load(weights_only=True)`` accepts anyway.
-SAFE_GLOBALS: List[Union[Callable, Tuple[Callable, str]]] = [
-    # official training scripts: the parsed command line ('args')
-    argparse.Namespace,
-    # mmengine Runner: the message hub's log buffers ...
-    HistoryBuffer,
-    (_history_buffer_method, 'builtins.getattr'),
-    # ... and numpy scalars and arrays in logs and runtime info (numpy 1.x
-    # and 2.x module names)
-    np.ndarray,
-    np.dtype,
-    *_NUMPY_DTYPES,
-    (_reconstruct, 'numpy.core.multiarray._reconstruct'),
-    (_reconstruct, 'numpy._core.multiarray._reconstruct'),
-    (scalar, 'numpy.core.multiarray.scalar'),
-    (scalar, 'numpy._core.multiarray.scalar'),
-]
-torch.serialization.add_safe_globals(SAFE_GLOBALS)
+from .allow_list import SAFE_GLOBAL_NAMES, weights_only_load
+from .url_cache import download, forget
 
 #: How a refused whole-model checkpoint can still be used.
 MODEL_TRUST_HINT = (
@@ -110,7 +66,13 @@ FILE_SIGNATURES = (
     (b'%PDF', 'a PDF document'),
     (b'\x1f\x8b', 'a gzip archive'),
 )
-URL_SCHEMES = ('http://', 'https://')
+#: ``scheme://``, after an optional ``name:`` (mmengine's
+#: ``open-mmlab:s3://...``).
+SCHEME = re.compile(r'^(?:[\w.+-]+:)?([A-Za-z][\w.+-]*)://')
+#: Schemes that name a file in mmengine's storage backends.
+STORAGE_SCHEMES = ('s3', 'petrel')
+#: OpenMMLab's model-zoo schemes, resolved with mmengine's tables.
+ZOO_SCHEMES = ('open-mmlab', 'openmmlab', 'torchvision', 'modelzoo', 'mmcls')
 #: Where ``torch.load`` puts the tensors: a device name, a ``torch.device``,
 #: a dict mapping saved locations to new ones, a function of (storage,
 #: location), or None for where they were saved.
@@ -119,12 +81,6 @@ MapLocation = Union[None, str, torch.device, Dict[str, str], Callable]
 #: Bytes of a zip entry read at a time by the CRC-32 check: large reads keep
 #: it at memory speed (about 40 ms for a 100 MB file).
 CRC_CHUNK = 1 << 24
-
-
-def _safe_global_names() -> List[str]:
-    return [entry[1] if isinstance(entry, tuple)
-            else f'{entry.__module__}.{entry.__qualname__}'
-            for entry in SAFE_GLOBALS]
 
 
 def _describe_content(head: bytes) -> str:
@@ -176,7 +132,7 @@ def _disallowed_globals(path: str, error: Exception) -> List[str]:
             path))
     except Exception:  # only zip checkpoints can be listed this way
         pass
-    return sorted(names - set(_safe_global_names()))
+    return sorted(names - set(SAFE_GLOBAL_NAMES))
 
 
 def _reader_error(error: Exception) -> str:
@@ -252,8 +208,10 @@ def _load_local(path: str, trusted: bool, trust_hint: str,
             return _load_safetensors(path, map_location)
         if kind == 'torch':
             _check_zip_entries(path)
-        return torch.load(path, map_location=map_location,
-                          weights_only=not trusted)
+        if trusted:
+            return torch.load(path, map_location=map_location,
+                              weights_only=False)
+        return weights_only_load(path, map_location)
     except CheckpointError:
         raise
     except pickle.UnpicklingError as error:
@@ -261,6 +219,13 @@ def _load_local(path: str, trusted: bool, trust_hint: str,
         lookup = re.search(r'(getattr\(.*?\)) is not allowed', str(error))
         if lookup and not offending:  # refused by _history_buffer_method
             offending = [lookup[1]]
+        state = re.search(r'(a HistoryBuffer .*?) is not allowed in a '
+                          r'checkpoint \((.*?)\)', str(error))
+        if state and not offending:  # refused by _HistoryBufferFromFile
+            raise UnsafeCheckpointError(
+                f'Refusing to load {path}: it holds {state[1]}, which is '
+                f'not what mmengine writes ({state[2]}). {trust_hint}'
+            ) from None
         if offending:
             raise UnsafeCheckpointError(
                 f'Refusing to load {path}: unpickling it would call '
@@ -284,47 +249,6 @@ def _load_local(path: str, trusted: bool, trust_hint: str,
         f'torch.save or safetensors.')
 
 
-def _fetch(url: str, path: str) -> None:
-    """Download ``url`` to ``path`` (torch.hub writes a temporary file and
-    moves it into place when done)."""
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    print_log(f'Downloading {url} to {path}', logger='current')
-    try:
-        torch.hub.download_url_to_file(url, path, progress=False)
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        reason = (f'HTTP error {error.code} ({error.reason})'
-                  if isinstance(error, urllib.error.HTTPError) else
-                  getattr(error, 'reason', None) or error)
-        raise CheckpointError(
-            f'Could not download the checkpoint {url}: {reason}. Download '
-            f'it yourself and pass the local file.') from None
-
-
-def download(url: str) -> str:
-    """The local copy of ``url`` in the torch hub cache, downloaded first if
-    it is not there. In a distributed run rank 0 downloads while the other
-    ranks wait, and reaches that barrier even when its download fails, so
-    no rank hangs."""
-    name = osp.basename(urllib.parse.urlparse(url).path)
-    if not name:
-        raise CheckpointError(f'{url} names no file to download.')
-    path = osp.join(torch.hub.get_dir(), 'checkpoints', name)
-    rank, world_size = get_dist_info()
-    failure = None
-    if rank == 0 and not osp.isfile(path):
-        try:
-            _fetch(url, path)
-        except CheckpointError as error:
-            failure = error
-    if world_size > 1:
-        barrier()
-    if failure is not None:
-        raise failure
-    if not osp.isfile(path):  # a rank with a hub cache of its own
-        _fetch(url, path)
-    return path
-
-
 _read_once_cache: Optional[Dict[str, Tuple[MapLocation, Any]]] = None
 
 
@@ -343,30 +267,112 @@ def read_once() -> Iterator[None]:
         _read_once_cache = outer
 
 
+def _zoo_target(filename: str, scheme: str) -> str:
+    """The URL or file an OpenMMLab model-zoo name stands for, from
+    mmengine's own tables."""
+    name = filename.split('://', 1)[1]
+    if scheme in ('open-mmlab', 'openmmlab'):
+        name = mmengine_checkpoint.get_deprecated_model_names().get(name,
+                                                                   name)
+        table = mmengine_checkpoint.get_external_models()
+    elif scheme == 'mmcls':
+        table = mmengine_checkpoint.get_mmcls_models()
+    else:  # torchvision://, modelzoo://
+        try:
+            table = mmengine_checkpoint.get_torchvision_models()
+        except ImportError:
+            raise CheckpointError(
+                f'{filename} names a torchvision model; finding its URL '
+                f'needs torchvision (pip install torchvision).') from None
+    if name not in table:
+        raise CheckpointError(
+            f'{filename} names no model mmengine knows under {scheme}://; '
+            f'check the name, or pass a local file or URL.')
+    target = table[name]
+    if SCHEME.match(target):
+        return target
+    return osp.join(mmengine_checkpoint._get_mmengine_home(), target)
+
+
+def _load_from_storage(filename: str, trusted: bool, trust_hint: str,
+                       map_location: MapLocation) -> Any:
+    """An ``s3://`` or ``petrel://`` file, fetched by mmengine's file
+    backend (as mmengine's own loader does) and read as a local file."""
+    data = get_file_backend(filename, backend_args=dict(
+        backend='petrel')).get(filename)
+    with tempfile.TemporaryDirectory() as folder:
+        path = osp.join(folder, 'checkpoint')
+        with open(path, 'wb') as file:
+            file.write(data)
+        try:
+            return _load_local(path, trusted, trust_hint, map_location)
+        except CheckpointError as error:  # name the file, not the copy
+            raise type(error)(str(error).replace(path, filename)) from None
+
+
+def _load_url(url: str, trusted: bool, trust_hint: str,
+              map_location: MapLocation) -> Any:
+    """A URL's cached download, removed from the cache if refused."""
+    path = download(url)
+    try:
+        return _load_local(path, trusted, trust_hint, map_location)
+    except CheckpointError:
+        forget(path)
+        raise
+
+
+def _load(filename: str, trusted: bool, trust_hint: str,
+          map_location: MapLocation) -> Any:
+    """:func:`load_checkpoint` without the hand-over of :func:`read_once`."""
+    scheme = SCHEME.match(filename)
+    if scheme is None:
+        return _load_local(osp.expanduser(filename), trusted, trust_hint,
+                           map_location)
+    scheme = scheme[1].lower()
+    if scheme in ('http', 'https'):
+        return _load_url(filename, trusted, trust_hint, map_location)
+    if scheme in ZOO_SCHEMES:
+        checkpoint = _load(_zoo_target(filename, scheme), trusted,
+                           trust_hint, map_location)
+        if scheme == 'mmcls':  # mmengine keeps the backbone's weights
+            checkpoint = mmengine_checkpoint._process_mmcls_checkpoint(
+                checkpoint)
+        return checkpoint
+    if scheme in STORAGE_SCHEMES:
+        return _load_from_storage(filename, trusted, trust_hint, map_location)
+    raise CheckpointError(
+        f'Refusing to read {filename}: {scheme}:// is not a source '
+        f'checkpoints are read from (local files, http(s) URLs, '
+        f'{", ".join(s + "://" for s in ZOO_SCHEMES)} and '
+        f'{", ".join(s + "://" for s in STORAGE_SCHEMES)}). Download the file '
+        f'and pass its local path.')
+
+
 def load_checkpoint(filename: str, trusted: bool = False,
                     trust_hint: str = MODEL_TRUST_HINT,
                     map_location: MapLocation = 'cpu') -> Any:
-    """Load a checkpoint (local file, URL or other storage) without running
-    code from it, its tensors where ``map_location`` puts them (as for
-    ``torch.load``; the CPU by default).
+    """Load a checkpoint (a local file, a URL, a model-zoo name or a file
+    in storage; see the module's docstring) without running code from it,
+    its tensors where ``map_location`` puts them (as for ``torch.load``;
+    the CPU by default).
 
-    Pickled files go through ``torch.load(weights_only=True)`` with only
-    :data:`SAFE_GLOBALS` allowed on top of tensors, containers and numbers;
-    ``.safetensors`` files cannot hold code at all. ``trusted=True``
-    unpickles anything, for legacy files from a trusted source;
-    ``trust_hint`` ends the message of a refused file.
+    Pickled files are read weights-only with only :data:`SAFE_GLOBALS`
+    allowed on top of tensors, containers and numbers; ``.safetensors``
+    files cannot hold code at all. ``trusted=True`` unpickles anything,
+    for legacy files from a trusted source; ``trust_hint`` ends the message
+    of a refused file.
 
     Raises:
         FileNotFoundError: no such file.
         UnsafeCheckpointError: unpickling would call a global that is not
-            allowed; names the file and the global.
+            allowed, or build a value mmengine never writes; names the file
+            and what it holds.
         CheckpointError: empty, truncated or corrupt files (a zip entry
             failing its CRC-32 check is named), files that are no
-            checkpoint at all, failed downloads.
+            checkpoint at all, failed downloads, unsupported schemes.
     """
     filename = str(filename)
-    is_url = filename.startswith(URL_SCHEMES)
-    local = not is_url and '://' not in filename
+    local = SCHEME.match(filename) is None
     key = osp.realpath(osp.expanduser(filename)) if local else filename
     cache = _read_once_cache
     if cache is not None and key in cache:
@@ -374,14 +380,7 @@ def load_checkpoint(filename: str, trusted: bool = False,
         if location is map_location or (
                 _is_cpu(location) and _is_cpu(map_location)):
             return checkpoint
-    if is_url:
-        checkpoint = _load_local(download(filename), trusted, trust_hint,
-                                 map_location)
-    elif local:
-        checkpoint = _load_local(osp.expanduser(filename), trusted,
-                                 trust_hint, map_location)
-    else:  # s3://, petrel://, ...: mmengine's loader, weights-only
-        checkpoint = CheckpointLoader.load_checkpoint(filename, map_location)
+    checkpoint = _load(filename, trusted, trust_hint, map_location)
     if cache is not None:
         cache[key] = (map_location, checkpoint)
     return checkpoint
@@ -389,26 +388,29 @@ def load_checkpoint(filename: str, trusted: bool = False,
 
 def load_from_wavevit_mm(filename: str,
                          map_location: MapLocation = None) -> Any:
-    """mmengine's loader for local files and URLs: :func:`load_checkpoint`,
-    with the ``map_location`` the caller passes (mmengine's own loader
-    hands it to ``torch.load`` the same way)."""
+    """mmengine's loader for every scheme: :func:`load_checkpoint`, with the
+    ``map_location`` the caller passes (mmengine's own loaders hand it to
+    ``torch.load`` the same way)."""
     return load_checkpoint(filename, map_location=map_location)
 
 
+# mmengine's loaders by prefix, as they were before ours replaced them
+_mmengine_loaders = dict(CheckpointLoader._schemes)
+
+
 def register_loader() -> None:
-    """Make :func:`load_from_wavevit_mm` mmengine's loader for local files
-    and http(s) URLs, for every model of the process (done when
-    ``wavevit_mm`` is imported)."""
-    CheckpointLoader.register_scheme(('', ) + URL_SCHEMES,
+    """Make :func:`load_from_wavevit_mm` mmengine's loader for every prefix
+    it has a loader for (local files, URLs, model zoos, storage), for every
+    model of the process (done when ``wavevit_mm`` is imported)."""
+    CheckpointLoader.register_scheme(list(_mmengine_loaders),
                                      load_from_wavevit_mm, force=True)
 
 
 def unregister_loader() -> None:
-    """Give mmengine its own loaders for local files and URLs back (they
-    read with torch's default weights-only rules; the allow-list stays
-    registered)."""
-    CheckpointLoader.register_scheme('', load_from_local, force=True)
-    CheckpointLoader.register_scheme(URL_SCHEMES, load_from_http, force=True)
+    """Give mmengine its own loaders back (they read with torch's default
+    rules; the allow-list stays registered)."""
+    for prefix, loader in _mmengine_loaders.items():
+        CheckpointLoader.register_scheme(prefix, loader, force=True)
 
 
 register_loader()

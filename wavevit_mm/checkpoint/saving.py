@@ -15,6 +15,7 @@ import errno
 import os
 import os.path as osp
 import shutil
+import stat
 import uuid
 from typing import Dict, Iterator, List, Optional
 
@@ -24,8 +25,10 @@ from torch import Tensor
 
 from ..errors import CheckpointError, CheckpointWriteError
 
-#: Temporary files are ``.<name>.<random>.tmp`` beside their destination.
+#: Temporary files are ``.<name>.<random>.tmp`` beside their destination
+#: (the name cut to fit the file-name limit).
 TMP_SUFFIX = '.tmp'
+NAME_MAX = 255
 
 
 def _fsync(path: str) -> None:
@@ -61,25 +64,59 @@ def _write_failure(dst: str, folder: str, size: Optional[int],
         f'another folder, then resume from the last checkpoint.')
 
 
+def _temporary_name(dst: str) -> str:
+    suffix = f'.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}'
+    name = osp.basename(dst).encode()[:NAME_MAX - 1 - len(suffix)]
+    return f'.{name.decode(errors="ignore")}{suffix}'
+
+
+def _move_into_place(tmp: str, dst: str, replace: bool) -> None:
+    """``os.replace`` keeping ``dst``'s mode, or, with ``replace=False``, a
+    hard link that fails if ``dst`` exists (no window between a check and
+    the move)."""
+    if replace:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, stat.S_IMODE(os.stat(dst).st_mode))
+        os.replace(tmp, dst)
+        return
+    try:
+        os.link(tmp, dst)
+    except FileExistsError:
+        raise FileExistsError(
+            f'{dst} already exists; pass --force (force=True) to overwrite '
+            f'it.') from None
+    except OSError:  # a file system without hard links
+        if osp.lexists(dst):
+            raise FileExistsError(
+                f'{dst} already exists; pass --force (force=True) to '
+                f'overwrite it.') from None
+        os.replace(tmp, dst)
+
+
 @contextlib.contextmanager
-def atomic_write(dst: str, size: Optional[int] = None) -> Iterator[str]:
+def atomic_write(dst: str, size: Optional[int] = None,
+                 replace: bool = True) -> Iterator[str]:
     """Yield a temporary path beside ``dst`` to write the file to.
 
     When the block ends normally the file is flushed to the disk and
-    replaces ``dst`` in one step (and the folder entry is flushed); when it
-    raises, the temporary file is removed and ``dst`` is left as it was.
-    A write the system refuses (no space, a file-size limit, a read-only
-    folder: any OSError) becomes a :class:`CheckpointWriteError` naming
-    ``dst``, its folder and ``size``, the bytes the file needs.
+    replaces ``dst`` in one step, with ``dst``'s mode (and the folder entry
+    is flushed); with ``replace=False`` an existing ``dst`` is kept and
+    FileExistsError raised instead, checked in the same step. When the
+    block raises, the temporary file is removed and ``dst`` is left as it
+    was. A write the system refuses (no space, a file-size limit, a
+    read-only folder: any other OSError) becomes a
+    :class:`CheckpointWriteError` naming ``dst``, its folder and ``size``,
+    the bytes the file needs.
     """
     folder = osp.dirname(osp.abspath(dst))
-    tmp = osp.join(folder, f'.{osp.basename(dst)}.{uuid.uuid4().hex[:8]}'
-                           f'{TMP_SUFFIX}')
+    tmp = osp.join(folder, _temporary_name(dst))
     try:
         os.makedirs(folder, exist_ok=True)
         yield tmp
         _fsync(tmp)
-        os.replace(tmp, dst)
+        _move_into_place(tmp, dst, replace)
+    except FileExistsError:
+        raise
     except OSError as error:
         raise _write_failure(dst, folder, size, error) from error
     finally:
