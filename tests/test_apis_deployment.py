@@ -15,8 +15,9 @@ from mmseg.structures import SegDataSample
 
 from helpers import ROOT
 from deployment_models import (RETINANET_CONFIG, TOY_ARCH, TOY_SIZE,
-                               assert_gives_mmdets_detections, run,
-                               save_checkpoint, toy_one_stage_config)
+                               assert_gives_mmdets_detections,
+                               one_class_everywhere, run, save_checkpoint,
+                               toy_one_stage_config)
 from toy_runs import SEG_CONFIG
 from wavevit_mm.apis import predict_image
 from wavevit_mm.apis.deployment import (ExportError, export_onnx,
@@ -136,6 +137,26 @@ def test_a_smaller_image_is_padded_to_the_fixed_size_with_a_warning(
                               'and the file was exported at 128x128: it is '
                               'zero-padded')
     assert '--shape 77 128' in warning
+
+
+@pytest.mark.slow
+def test_a_segmentor_that_gives_one_class_exports_and_draws(
+        toy_workspace, tmp_path):
+    """Class 0 at every pixel: the check compares the logits and the one
+    class, the demo's prediction and drawing are made, all class 0."""
+    checkpoint = str(tmp_path / 'model.pth')
+    save_checkpoint(SEG_CONFIG, checkpoint, edit=one_class_everywhere)
+    out = str(tmp_path / 'upernet.onnx')
+    report = export_onnx(SEG_CONFIG, checkpoint, out, log=lambda _: None)
+    (check, ) = report.checks
+    assert check.passed and check.pixel_agreement == 1.
+    assert check.max_rel < 1e-3 and check.elements > 0
+    val = toy_workspace / 'data' / 'toy_ade20k' / 'images' / 'validation'
+    image = read_image(str(val / sorted(os.listdir(val))[0]))
+    found, model = predict_image_onnx(image, SEG_CONFIG, out)
+    assert torch.all(found.pred_sem_seg.data == 0)
+    draw_prediction(model, image, found, str(tmp_path / 'drawn.png'))
+    assert cv2.imread(str(tmp_path / 'drawn.png')).shape == image.shape
 
 
 @pytest.mark.slow

@@ -100,11 +100,10 @@ def export_row(name: str, how: str, work_dir: str, image=None) -> str:
         lines = output.strip().splitlines()
         return (f'| {name} | {how} | | {seconds:.0f} | {peak:.1f} | '
                 f'exit {code}: {lines[-1] if lines else ""} |')
-    checks = '; '.join(f'{row.split(" | ")[2]}: {row.split(" | ")[3]}'
-                       for row in rows)
-    part = rows[0].split(' | ')[1]
-    return (f'| {name} | {part} | {rows[0].split(" | ")[2]} | '
-            f'{seconds:.0f} | {peak:.1f} | {checks.rstrip(" |")} |')
+    cells = [row.strip('| ').split(' | ') for row in rows]
+    checks = '; '.join(f'{cell[2]}: {cell[3]}' for cell in cells)
+    return (f'| {name} | {cells[0][1]} | {cells[0][2]} | {seconds:.0f} | '
+            f'{peak:.1f} | {checks} |')
 
 
 def main():

@@ -194,7 +194,8 @@ def check_instances(module: nn.Module, size: Tuple[int, int],
     return Check(
         size, max_abs, max_rel,
         detections=(len(pairs), _compared(found, reference)),
-        mask_agreement=matched_masks(masks, ref_masks, pairs, threshold),
+        mask_agreement=(matched_masks(masks, ref_masks, pairs, threshold)
+                        if pairs else None),
         proposals=(len(proposal_pairs), top), elements=_elements(compared))
 
 
