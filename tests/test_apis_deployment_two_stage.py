@@ -207,7 +207,8 @@ def test_detections_of_one_runtime_only_fail_the_check_in_words(mask_rcnn):
     from wavevit_mm.apis.deployment.verification import check_instances
     model = mask_rcnn[0]
     module = exportable(model, DET_CONFIG)
-    x = torch.randn(1, 3, *TOY_SIZE, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(1, 3, *TOY_SIZE,
+                    generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         outputs = list(module(x))
     no_detections = [o[:0] for o in outputs[:3]] + outputs[3:]

@@ -38,8 +38,9 @@ def thresholds() -> str:
     """What a kept file must reach, in words."""
     return (f'relative differences up to {MAX_RELATIVE_DIFFERENCE:g}, '
             f'{100 * MIN_DETECTIONS_MATCHED:g}% of the top {TOP_DETECTIONS} '
-            f'detections (and of Mask R-CNN\'s proposals) matched, {100 * MIN_MASK_AGREEMENT:g}% mask '
-            f'agreement and {100 * MIN_PIXEL_AGREEMENT:g}% pixel agreement')
+            f'detections (and of Mask R-CNN\'s proposals) matched, '
+            f'{100 * MIN_MASK_AGREEMENT:g}% mask agreement and '
+            f'{100 * MIN_PIXEL_AGREEMENT:g}% pixel agreement')
 
 
 class Check(NamedTuple):
