@@ -8,7 +8,10 @@ are written down from the official ``classification/wavevit.py`` model
 filter buffers, ``post_network``, ``head``, ``aux_head``), each beside the
 name this package's backbone gives it (``stages.{i}.downsample``,
 ``stages.{i}.blocks.{j}``, ``stages.{i}.norm``); the forward pass uses
-pytorch_wavelets for the transforms and explicit softmax attention.
+pytorch_wavelets for the transforms and explicit softmax attention; the
+classifier's head (class-attention block, norm4, ``head`` and
+``aux_head`` combined as the official code does at test time) and the
+official evaluation transform (PIL) are written the same way.
 """
 import math
 from collections import OrderedDict
@@ -247,15 +250,11 @@ def _global_attention(x, sd, b, heads):
                 f'{b}.attn.proj')
 
 
-@torch.no_grad()
-def official_stage_outputs(sd: Dict[str, Tensor], arch, image: Tensor
-                           ) -> List[Tensor]:
-    """The four (B, C, H, W) stage outputs (after norm1..norm4) of the
-    official network with weights ``sd`` in eval mode; sizes divisible by
-    32 as the official code requires."""
-    cfg = ARCHS[arch] if isinstance(arch, str) else arch
-    sd = {k: v.double() if v.is_floating_point() else v
-          for k, v in sd.items()}
+def _stages(sd: Dict[str, Tensor], cfg, image: Tensor
+            ) -> Tuple[List[Tensor], Tensor]:
+    """The official ``forward_tokens`` in float64: the four (B, C, H, W)
+    stage outputs after norm1..norm4, and the last stage's (B, N, C)
+    tokens before norm4 (which the classifier applies later)."""
     dwt = DWTForward(J=1, wave='haar', mode='zero').double()
     idwt = DWTInverse(wave='haar', mode='zero').double()
     x = image.double()
@@ -281,7 +280,109 @@ def official_stage_outputs(sd: Dict[str, Tensor], arch, image: Tensor
                 y = _global_attention(y, sd, b, cfg['heads'][i])
             x = x + y
             x = x + _ffn(_ln(x, sd, f'{b}.norm2', 1e-6), sd, b, h, w)
+        tokens = x
         x = _ln(x, sd, f'norm{i + 1}', 1e-6)
         x = x.transpose(1, 2).reshape(bsz, c, h, w)
         outs.append(x)
-    return outs
+    return outs, tokens
+
+
+def _double(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    return {k: v.double() if v.is_floating_point() else v
+            for k, v in sd.items()}
+
+
+@torch.no_grad()
+def official_stage_outputs(sd: Dict[str, Tensor], arch, image: Tensor
+                           ) -> List[Tensor]:
+    """The four (B, C, H, W) stage outputs (after norm1..norm4) of the
+    official network with weights ``sd`` in eval mode; sizes divisible by
+    32 as the official code requires."""
+    cfg = ARCHS[arch] if isinstance(arch, str) else arch
+    return _stages(_double(sd), cfg, image)[0]
+
+
+# ------------------------------------------------------- classification
+
+#: The official classifier's entries after the stages -> the name the
+#: whole mmpretrain classifier gives them.
+HEAD_NAMES = {
+    'post_network.0.norm1': 'head.class_block.norm1',
+    'post_network.0.norm2': 'head.class_block.norm2',
+    'post_network.0.attn.q': 'head.class_block.attn.q',
+    'post_network.0.attn.kv': 'head.class_block.attn.kv',
+    'post_network.0.attn.proj': 'head.class_block.attn.proj',
+    'post_network.0.mlp.fc1': 'head.class_block.mlp.fc1',
+    'post_network.0.mlp.fc2': 'head.class_block.mlp.fc2',
+    'norm4': 'head.norm',
+    'head': 'head.fc',
+    'aux_head': 'head.aux_fc',
+}
+
+
+def classifier_state_dict(arch, seed: int = 0, num_classes: int = 1000
+                          ) -> Dict[str, Tensor]:
+    """What the whole classifier (backbone with ``final_norm=False`` and
+    the official head) should hold after loading ``official_state_dict``
+    with the same arguments."""
+    out = {}
+    for key, (value, ours) in _build(arch, seed, num_classes, True).items():
+        module, suffix = key.rsplit('.', 1)
+        if module in HEAD_NAMES:
+            out[f'{HEAD_NAMES[module]}.{suffix}'] = value
+        elif ours is not None:
+            out[f'backbone.{ours}'] = value
+    return out
+
+
+def _class_block(x, sd, heads):
+    """CaiT's class attention block of ``post_network.0``: the first token
+    attends to all, then its MLP; the other tokens are left as they are."""
+    p = 'post_network.0'
+    c = x.shape[-1]
+    y = _ln(x, sd, f'{p}.norm1', 1e-6)
+    q = _lin(y[:, :1], sd, f'{p}.attn.q')
+    kv = _lin(y, sd, f'{p}.attn.kv')
+    cls = x[:, :1] + _lin(_softmax_attention(q, kv[..., :c], kv[..., c:],
+                                             heads), sd, f'{p}.attn.proj')
+    hidden = F.gelu(_lin(_ln(cls, sd, f'{p}.norm2', 1e-6), sd,
+                         f'{p}.mlp.fc1'))
+    cls = cls + _lin(hidden, sd, f'{p}.mlp.fc2')
+    return torch.cat([cls, x[:, 1:]], dim=1)
+
+
+@torch.no_grad()
+def official_logits(sd: Dict[str, Tensor], arch, image: Tensor) -> Tensor:
+    """The official classifier's eval-mode output (``token_label=True``):
+    the mean token prepended to the last stage's tokens, the class block,
+    norm4, then ``head(cls) + 0.5 * max over tokens of aux_head``;
+    (B, num_classes), float64."""
+    cfg = ARCHS[arch] if isinstance(arch, str) else arch
+    sd = _double(sd)
+    tokens = _stages(sd, cfg, image)[1]
+    x = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+    x = _ln(_class_block(x, sd, cfg['heads'][-1]), sd, 'norm4', 1e-6)
+    aux = _lin(x[:, 1:], sd, 'aux_head').max(dim=1).values
+    return _lin(x[:, 0], sd, 'head') + 0.5 * aux
+
+
+def official_eval_input(image, size: int) -> Tensor:
+    """The official evaluation transform of an RGB PIL image: the shorter
+    side resized to int(size / 0.96) (bicubic; the longer one in
+    proportion, truncated), a centre crop of ``size`` (offsets rounded),
+    ImageNet mean and std; (1, 3, size, size), float64."""
+    short = int(size / 0.96)
+    width, height = image.size
+    if width <= height:
+        new = (short, int(short * height / width))
+    else:
+        new = (int(short * width / height), short)
+    image = image.resize(new, resample=3)  # PIL.Image.BICUBIC
+    left = int(round((new[0] - size) / 2.))
+    top = int(round((new[1] - size) / 2.))
+    image = image.crop((left, top, left + size, top + size))
+    x = torch.tensor(list(image.getdata()), dtype=torch.float64)
+    x = x.reshape(size, size, 3).permute(2, 0, 1)[None] / 255.
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64)
+    return (x - mean[:, None, None]) / std[:, None, None]

@@ -5,12 +5,14 @@ import re
 
 import pytest
 
-from helpers import TINY, expected_backbone, official
+from helpers import SEEDS, TINY, expected_backbone, official
 from official_layout import ARCHS as OFFICIAL_ARCHS
-from official_layout import backbone_names, backbone_state_dict
+from official_layout import (backbone_names, backbone_state_dict,
+                             classifier_state_dict)
 from wavevit_mm import WaveViT
 from wavevit_mm.models import convert_official, describe_arch, infer_arch
-from wavevit_mm.models.official import has_wavevit_weights, is_official
+from wavevit_mm.models.official import (convert_official_classifier,
+                                        has_wavevit_weights, is_official)
 
 ARCHS = ['s', 'b', 'l']
 
@@ -76,3 +78,19 @@ def test_custom_arch_is_described_by_its_shapes():
     assert describe_arch(state_dict, WaveViT.arch_zoo) == (
         'custom Wave-ViT (stem width 8, embed dims 16/32/48/64, depths '
         '1/2/1/1)')
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_official_keys_are_renamed_to_the_whole_classifier(arch):
+    """Every learned entry of the official classifier, under the name the
+    mmpretrain classifier gives it; the derived filter buffers dropped."""
+    converted = convert_official_classifier(official(arch))
+    expected = classifier_state_dict(arch, seed=SEEDS[arch])
+    assert set(converted) == set(expected)
+    assert all(converted[k].equal(expected[k]) for k in expected)
+    own = WaveViT(arch, final_norm=False).state_dict()
+    backbone = {k[len('backbone.'):]: v for k, v in converted.items()
+                if k.startswith('backbone.')}
+    assert set(backbone) == set(own)
+    assert describe_arch(backbone, WaveViT.arch_zoo).startswith(
+        f'Wave-ViT-{arch.upper()} ')

@@ -271,6 +271,23 @@ def test_out_indices_selects_stages():
     assert [o.shape[1] for o in outs] == [32, 64]
 
 
+def test_without_final_norm_the_last_stage_leaves_its_tokens_unnormed():
+    """final_norm=False (the classifier's backbone) drops the last stage's
+    LayerNorm and nothing else."""
+    full = WaveViT(TINY).eval()
+    bare = WaveViT(TINY, final_norm=False).eval()
+    weights = {k: v for k, v in full.state_dict().items()
+               if not k.startswith('stages.3.norm.')}
+    assert set(bare.state_dict()) == set(weights)
+    bare.load_state_dict(weights)
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        tokens = bare(image)[-1].permute(0, 2, 3, 1)
+        want = full(image)[-1].permute(0, 2, 3, 1)
+        torch.testing.assert_close(full.stages[3].norm(tokens), want)
+    assert not torch.allclose(tokens, want, atol=1e-3)
+
+
 def test_frozen_stages_freeze_stem_and_first_stages():
     model = WaveViT(TINY, frozen_stages=2)
     model.train()

@@ -1,7 +1,8 @@
 """Registration of the backbone in the installed OpenMMLab model registries.
 
 ``import wavevit_mm`` makes ``type='WaveViT'`` buildable from mmdet and
-mmseg configs (and mmpretrain's, when it is installed). The hooks and the
+mmseg configs (and mmpretrain's, when it is installed, with the classifier
+``WaveViTClassifier`` and its head ``WaveViTClsHead``). The hooks and the
 optimizer wrapper of :mod:`wavevit_mm.engine` and the checkpoint backend
 live in mmengine's root registries, which those packages' registries
 inherit from.
@@ -34,6 +35,8 @@ def register_backbone() -> List[str]:
             continue
         try:
             models = importlib.import_module(f'{package}.registry').MODELS
+            if package == 'mmpretrain':  # the classifier needs mmpretrain
+                importlib.import_module('wavevit_mm.models.classification')
         except Exception as error:  # any failure of a third-party import
             broken[package] = f'{type(error).__name__}: {error}'
             continue

@@ -1,4 +1,5 @@
-"""Deterministic toy datasets in the exact COCO and ADE20K on-disk formats.
+"""Deterministic toy datasets in the exact COCO, ADE20K and ImageNet
+on-disk formats.
 
 Coloured circles, squares and triangles on textured backgrounds. The COCO
 set is an ``instances_*.json`` file (circles as RLE masks, squares and
@@ -8,12 +9,14 @@ genuine ADE20K label maps: 0 is "unlabelled" (``reduce_zero_label=True``) and
 k + 1 is ADE20K class k. The shapes are labelled with ADE20K classes that
 stand in for them (the background is a 'wall', circles are 'ball', squares
 'box', triangles 'tent'), so mmseg's ADE20KDataset reads them unchanged and
-maps the four classes to 0-3.
+maps the four classes to 0-3. The ImageNet set
+(``{train,val}/<class>/*.jpg``) shows one shape per image, its class.
 
 Usage::
 
     python projects/toy_shapes/toy_shapes.py data/toy_coco --format coco
     python projects/toy_shapes/toy_shapes.py data/toy_ade --format ade20k
+    python projects/toy_shapes/toy_shapes.py data/toy_in --format imagenet
 """
 import argparse
 import json
@@ -193,10 +196,28 @@ def make_ade20k(root: str, num_train: int = 200, num_val: int = 50,
                 os.path.join(label_dir, name + '.png'))
 
 
+def make_imagenet(root: str, num_train: int = 200, num_val: int = 50,
+                  image_size: Tuple[int, int] = (128, 128), seed: int = 0
+                  ) -> None:
+    """Write ``root/{train,val}/<class>/*.jpg``, the ImageNet folder layout
+    mmpretrain's ``CustomDataset`` reads: one shape per image, its class
+    (:data:`CLASSES`) the folder."""
+    height, width = image_size
+    for split, count in (('train', num_train), ('val', num_val)):
+        rng = np.random.default_rng([seed, 4 if split == 'train' else 5])
+        for index in range(count):
+            image, (instance, ) = render_image(rng, height, width,
+                                               max_shapes=1)
+            folder = os.path.join(root, split, CLASSES[instance['label']])
+            os.makedirs(folder, exist_ok=True)
+            Image.fromarray(image).save(
+                os.path.join(folder, f'toy_{index:08d}.jpg'), quality=95)
+
+
 def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('root', help='output directory')
-    parser.add_argument('--format', choices=['coco', 'ade20k'],
+    parser.add_argument('--format', choices=['coco', 'ade20k', 'imagenet'],
                         default='coco')
     parser.add_argument('--num-train', type=int, default=200)
     parser.add_argument('--num-val', type=int, default=50)
@@ -208,7 +229,8 @@ def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] = None) -> None:
     args = parse_args(argv)
-    make = make_coco if args.format == 'coco' else make_ade20k
+    make = dict(coco=make_coco, ade20k=make_ade20k,
+                imagenet=make_imagenet)[args.format]
     make(args.root, args.num_train, args.num_val, tuple(args.size), args.seed)
     print(f'wrote toy {args.format} dataset to {args.root}')
 

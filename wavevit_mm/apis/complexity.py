@@ -95,6 +95,9 @@ def synthetic_inputs(scope: str, shape: Tuple[int, int],
     inputs = torch.randn(batch_size, 3, *shape, generator=generator)
     meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape,
                 batch_input_shape=shape, scale_factor=(1.0, 1.0))
+    if scope == 'mmpretrain':
+        from mmpretrain.structures import DataSample
+        return inputs, [DataSample(metainfo=meta) for _ in range(batch_size)]
     if scope == 'mmseg':
         from mmseg.structures import SegDataSample
         return inputs, [SegDataSample(metainfo=meta)

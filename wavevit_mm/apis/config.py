@@ -32,12 +32,13 @@ def load_config(path: str, options: Optional[dict] = None) -> Config:
 
 
 def scope_of(cfg: Config) -> str:
-    """``'mmdet'`` or ``'mmseg'``: the registries the config builds from."""
+    """``'mmdet'``, ``'mmseg'`` or ``'mmpretrain'``: the registries the
+    config builds from."""
     scope = cfg.get('default_scope')
-    if scope not in ('mmdet', 'mmseg'):
+    if scope not in ('mmdet', 'mmseg', 'mmpretrain'):
         raise ConfigError(
-            f"config default_scope must be 'mmdet' or 'mmseg' (it picks the "
-            f"registries to build from), got {scope!r}")
+            f"config default_scope must be 'mmdet', 'mmseg' or 'mmpretrain' "
+            f"(it picks the registries to build from), got {scope!r}")
     return scope
 
 
@@ -162,6 +163,8 @@ def check_data_paths(cfg: Config, splits: Sequence[str]) -> None:
                                 f'{_under_root(root, ann_file)} does not '
                                 f'exist')
             prefixes = dataset.get('data_prefix') or {}
+            if isinstance(prefixes, str):  # mmpretrain's datasets
+                prefixes = dict(img_path=prefixes)
             for key, prefix in prefixes.items():
                 if not isinstance(prefix, str):
                     continue

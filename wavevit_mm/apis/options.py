@@ -146,14 +146,15 @@ def apply_test_options(cfg: Config, checkpoint: str,
         else:
             cfg.visualizer['save_dir'] = show_dir
     if out is not None:
-        if scope == 'mmdet':
+        if scope in ('mmdet', 'mmpretrain'):
             if not out.endswith(('.pkl', '.pickle')):
                 raise ConfigError(f'--out must be a .pkl file, got {out!r}')
             evaluators = cfg.test_evaluator
             if isinstance(evaluators, dict):
                 evaluators = [evaluators]
+            dump = 'DumpDetResults' if scope == 'mmdet' else 'DumpResults'
             cfg.test_evaluator = list(evaluators) + [
-                dict(type='DumpDetResults', out_file_path=out)]
+                dict(type=dump, out_file_path=out)]
         else:  # mmseg writes the predicted label maps as PNG files
             cfg.test_evaluator['output_dir'] = out
             cfg.test_evaluator['keep_results'] = True

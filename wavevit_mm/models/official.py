@@ -5,7 +5,9 @@ Official ImageNet classification checkpoints (the authors'
 ``block{i}.{j}`` / ``norm{i}`` and carry a classification head;
 :func:`convert_official` renames them to this package's
 ``stages.{i}.downsample / blocks / norm`` and drops what the dense
-backbone does not use. Pure functions of state dicts, testable alone.
+backbone does not use; :func:`convert_official_classifier` renames them to
+the keys of the whole mmpretrain classifier (backbone and
+``WaveViTClsHead``). Pure functions of state dicts, testable alone.
 """
 import re
 from typing import Any, Dict, List, Optional, Tuple
@@ -23,14 +25,28 @@ OFFICIAL_RENAMES = (
     (re.compile(r'^norm(\d)\.'), lambda m: f'stages.{int(m[1]) - 1}.norm.'),
     (re.compile(r'\.mlp\.dwconv\.dwconv\.'), lambda m: '.mlp.dwconv.'),
 )
+# The float16 Haar filters the official attention stores as buffers.
+DERIVED_BUFFERS = re.compile(
+    r'\.attn\.((?:dwt\.w_(?:ll|lh|hl|hh))|idwt\.filters)$')
 # Entries of official files that the dense backbone does not use; the
 # first group of each pattern names the entry in summaries.
 OFFICIAL_DROPPED = {
     'classification-only entries': re.compile(
         r'^(post_network|head|aux_head)\.'),
-    'derived buffers (wavelet filters, rebuilt by the backbone)': re.compile(
-        r'\.attn\.((?:dwt\.w_(?:ll|lh|hl|hh))|idwt\.filters)$'),
+    'derived buffers (wavelet filters, rebuilt by the backbone)':
+        DERIVED_BUFFERS,
 }
+# The official classifier after the stages -> ``WaveViTClsHead`` (under
+# ``head.``): its class-attention block, the last stage's norm (applied
+# after that block) and the two linear heads.
+OFFICIAL_HEAD_RENAMES = (
+    (re.compile(r'^post_network\.0\.'), 'class_block.'),
+    (re.compile(rf'^norm{NUM_STAGES}\.'), 'norm.'),
+    (re.compile(r'^head\.'), 'fc.'),
+    (re.compile(r'^aux_head\.'), 'aux_fc.'),
+)
+# A key only the whole classifier has.
+CLASSIFIER_KEY = 'head.class_block.attn.q.weight'
 # Keys only a Wave-ViT backbone has: its stem and its attention queries.
 WAVEVIT_KEY = re.compile(
     r'^stages\.\d+\.(downsample\.conv\.0|blocks\.\d+\.attn\.q)\.weight$')
@@ -60,10 +76,39 @@ def convert_official(state_dict: Dict[str, Tensor]
         if reason is not None:
             dropped[reason].append(key)
             continue
-        for pattern, rename in OFFICIAL_RENAMES:
-            key = pattern.sub(rename, key)
-        converted[key] = value
+        converted[_backbone_key(key)] = value
     return converted, dropped
+
+
+def _backbone_key(key: str) -> str:
+    for pattern, rename in OFFICIAL_RENAMES:
+        key = pattern.sub(rename, key)
+    return key
+
+
+def is_classifier(state_dict: Dict[str, Tensor]) -> bool:
+    """Whether a state dict is that of a whole Wave-ViT classifier."""
+    return CLASSIFIER_KEY in state_dict
+
+
+def convert_official_classifier(state_dict: Dict[str, Tensor]
+                                ) -> Dict[str, Tensor]:
+    """Rename an official Wave-ViT state dict to the keys of the whole
+    classifier: the backbone (built with ``final_norm=False``) under
+    ``backbone.``, the class-attention block, the last norm and the two
+    linear heads under ``head.``; the derived filter buffers are dropped.
+    """
+    converted: Dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if DERIVED_BUFFERS.search(key):
+            continue
+        for pattern, name in OFFICIAL_HEAD_RENAMES:
+            if pattern.match(key):
+                converted['head.' + pattern.sub(name, key, count=1)] = value
+                break
+        else:
+            converted['backbone.' + _backbone_key(key)] = value
+    return converted
 
 
 def entry_label(key: str) -> str:
@@ -84,7 +129,10 @@ def arch_signature(state_dict: Dict[str, Tensor]) -> Dict[str, Any]:
     dims: List[Optional[int]] = []
     depths: List[int] = []
     for i in range(NUM_STAGES):
+        # the last stage of a classifier's backbone has no norm of its own
         norm = state_dict.get(f'stages.{i}.norm.weight')
+        if norm is None:
+            norm = state_dict.get(f'stages.{i}.downsample.norm.weight')
         dims.append(int(norm.shape[0]) if norm is not None else None)
         block = re.compile(rf'^stages\.{i}\.blocks\.(\d+)\.')
         indices = [int(m[1]) for m in map(block.match, state_dict) if m]

@@ -31,8 +31,9 @@ from ..checkpoint import (CheckpointError, fit_problems, is_state_dict,
 from ..checkpoint.state_dict import (WRAPPER_KEYS, PartialFit, partial_fit,
                                      skipped_by_module)
 from .official import (arch_name, arch_signature, convert_official,
-                       describe_arch, entry_label, has_wavevit_weights,
-                       infer_arch, is_official)
+                       convert_official_classifier, describe_arch,
+                       entry_label, has_wavevit_weights, infer_arch,
+                       is_classifier, is_official)
 
 TRUST_HINT = (
     "If you trust the file's origin (e.g. a legacy checkpoint you saved "
@@ -136,6 +137,16 @@ def read_backbone_weights(filename: str, arch_zoo: Dict[str, Dict],
     return state_dict, report
 
 
+def in_model_layout(state_dict: Dict[str, Tensor],
+                    own: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """``state_dict`` renamed to the keys of a whole Wave-ViT classifier
+    (``own``: its state dict) when it is an official checkpoint's;
+    unchanged otherwise."""
+    if is_official(state_dict) and is_classifier(own):
+        return convert_official_classifier(state_dict)
+    return state_dict
+
+
 def check_fits(state_dict: Dict[str, Tensor], model: nn.Module,
                filename: str) -> None:
     """Raise CheckpointError unless ``state_dict`` loads strictly into
@@ -150,6 +161,7 @@ def check_fits(state_dict: Dict[str, Tensor], model: nn.Module,
     while hasattr(model, 'module') and isinstance(model.module, nn.Module):
         model = model.module
     own = model.state_dict()
+    state_dict = in_model_layout(state_dict, own)
     zoo = getattr(model, 'arch_zoo', None)  # set on a Wave-ViT backbone
     problems = fit_problems(state_dict, own,
                             'model' if zoo is None else 'backbone')
@@ -230,6 +242,7 @@ def fit_for_fine_tuning(state_dict: Dict[str, Tensor], model: nn.Module,
     while hasattr(model, 'module') and isinstance(model.module, nn.Module):
         model = model.module
     own = model.state_dict()
+    state_dict = in_model_layout(state_dict, own)
     if isinstance(getattr(model, 'backbone', None), nn.Module):
         problems = fit_problems(strip_prefix(state_dict, 'backbone.')[0],
                                 strip_prefix(own, 'backbone.')[0],

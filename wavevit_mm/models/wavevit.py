@@ -297,17 +297,19 @@ class Downsample(nn.Module):
 
 
 class Stage(nn.Module):
-    """Downsampling (the stem for stage 1), blocks, then a LayerNorm.
+    """Downsampling (the stem for stage 1), blocks, then a LayerNorm
+    (none with ``norm=False``).
 
     (B, C_in, H_in, W_in) map -> (B, C, H, W) map, H = ceil(H_in / 2).
     """
 
     def __init__(self, downsample: nn.Module, blocks: Sequence[Block],
-                 dim: int) -> None:
+                 dim: int, norm: bool = True) -> None:
         super().__init__()
         self.downsample = downsample
         self.blocks = nn.ModuleList(blocks)
-        self.norm = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
+        self.norm = (nn.LayerNorm(dim, eps=BLOCK_NORM_EPS) if norm
+                     else nn.Identity())
 
     def forward(self, x: Tensor) -> Tensor:
         x, hw = self.downsample(x)                     # (B, N, C)
@@ -331,6 +333,10 @@ class WaveViT(BaseModule):
         norm_eval: keep BatchNorm layers in eval mode while training.
         with_cp: activation checkpointing per block to save memory.
         norm_cfg: BatchNorm config of the stem and the wavelet branches.
+        final_norm: end the last stage with its LayerNorm. The official
+            classifier applies that norm after its class-attention block
+            instead: ``WaveViTClsHead`` holds it, with ``final_norm=False``
+            here.
         fused_attn: fused attention (``F.scaled_dot_product_attention``);
             False computes the attention matrix explicitly.
         compile: run the stages through ``torch.compile`` (True, or a dict
@@ -371,6 +377,7 @@ class WaveViT(BaseModule):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  norm_cfg: Dict = dict(type='BN', requires_grad=True),
+                 final_norm: bool = True,
                  fused_attn: bool = True,
                  compile: Union[bool, Dict] = False,
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None) -> None:
@@ -403,7 +410,8 @@ class WaveViT(BaseModule):
             downsample = (
                 Stem(in_channels, arch['stem_width'], dims[0], norm_cfg)
                 if i == 0 else Downsample(dims[i - 1], dims[i]))
-            stages.append(Stage(downsample, blocks, dims[i]))
+            stages.append(Stage(downsample, blocks, dims[i],
+                                norm=final_norm or i < self.num_stages - 1))
         self.stages = nn.ModuleList(stages)
         check_init_cfg(init_cfg, self)
         channels_last_weights(self)
