@@ -13,12 +13,13 @@ PACKAGE = 'wavevit_mm'
 # bottom (0) to top; a module may import its own floor or the floors below
 LAYERS = {
     'errors': 0,
-    'ops': 0,
-    'checkpoint': 1,
-    'models': 2,
-    'engine': 3,
-    'registry': 3,
-    'apis': 4,
+    'compat': 1,  # what the installed torch offers
+    'ops': 2,
+    'checkpoint': 3,
+    'models': 4,
+    'engine': 5,
+    'registry': 5,
+    'apis': 6,
 }
 
 
