@@ -134,13 +134,17 @@ def server(tmp_path, monkeypatch):
 def pytest_collection_modifyitems(config, items):
     """Where torch cannot export to ONNX, the tests that export (the
     deployment tests, and those marked ``onnx_export``) skip, saying which
-    torch they need."""
+    torch they need; so do those marked ``backbone_compile`` where torch
+    cannot compile the backbone."""
     from wavevit_mm import compat
-    if not compat.onnx_export_missing():
-        return
-    skip = pytest.mark.skip(reason=f'ONNX export needs torch '
-                            f'{compat.ONNX_EXPORT_TORCH} or newer')
+    no_export = pytest.mark.skip(reason=f'ONNX export needs torch '
+                                 f'{compat.ONNX_EXPORT_TORCH} or newer')
+    no_compile = pytest.mark.skip(reason=f'compiling the backbone needs '
+                                  f'torch {compat.COMPILE_TORCH} or newer')
+    export, compile_ = not compat.onnx_export_missing(), compat.has_custom_ops()
     for item in items:
-        if ('deployment' in item.path.name
-                or item.get_closest_marker('onnx_export')):
-            item.add_marker(skip)
+        if not export and ('deployment' in item.path.name
+                           or item.get_closest_marker('onnx_export')):
+            item.add_marker(no_export)
+        if not compile_ and item.get_closest_marker('backbone_compile'):
+            item.add_marker(no_compile)

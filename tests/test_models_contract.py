@@ -321,6 +321,7 @@ def test_copies_keep_weights_and_settings(compile):
             assert torch.equal(own[name], value), name
 
 
+@pytest.mark.backbone_compile
 @pytest.mark.slow  # traces the backbone with dynamo
 def test_copy_of_a_compiled_model_computes_the_same():
     """The copy traces its own stages (dynamo's eager backend keeps this

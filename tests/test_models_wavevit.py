@@ -400,6 +400,7 @@ def test_arch_presets_are_case_insensitive_and_not_shared():
     assert WaveViT('s').arch['depths'][0] == 3
 
 
+@pytest.mark.backbone_compile
 @pytest.mark.parametrize('mode,with_cp', [('eval', False), ('train', False),
                                           ('train', True)])
 def test_backbone_traces_without_graph_breaks(mode, with_cp):
@@ -411,6 +412,7 @@ def test_backbone_traces_without_graph_breaks(mode, with_cp):
 
 
 @pytest.mark.slow
+@pytest.mark.backbone_compile
 @pytest.mark.parametrize('with_cp,haar_kernels', [(False, True),
                                                   (True, True),
                                                   (False, False)])

@@ -151,6 +151,7 @@ def test_get_flops(toy_workspace):
     assert expected <= float(flops[1]) * 1e9 < 1.01 * expected
 
 
+@pytest.mark.backbone_compile
 def test_mask_rcnn_trains_with_the_backbone_compiled(toy_workspace, tmp_path):
     # in this process, to read torch.compile's own counters afterwards
     import torch._dynamo

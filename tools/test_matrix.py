@@ -12,6 +12,7 @@ Runs with the interpreter it is started with (``PYTHON`` in the Makefile).
 """
 import argparse
 import collections
+import glob
 import os
 import os.path as osp
 import shutil
@@ -62,6 +63,25 @@ def pinned_requirements(torch_version):
     return path, first
 
 
+def cxx20_compiler(venv):
+    """mmcv 2.1.0 compiles its ops with ``-std=c++17``; where the torch
+    headers need C++20 (torch 2.14), the environment for ``CXX`` of a
+    compiler that asks for C++20 instead, else none."""
+    (header, ) = glob.glob(osp.join(venv, 'lib', 'python*', 'site-packages',
+                                    'torch', 'include', 'ATen', 'ATen.h'))
+    with open(header) as file:
+        if 'C++20 or later' not in file.read():
+            return {}
+    path = osp.join(venv, 'bin', 'c++20')
+    with open(path, 'w') as file:
+        file.write('#!/bin/sh\n'
+                   'for arg; do shift; [ "$arg" = -std=c++17 ] && '
+                   'arg=-std=c++20; set -- "$@" "$arg"; done\n'
+                   'exec c++ "$@"\n')
+    os.chmod(path, 0o755)
+    return {'CXX': path}
+
+
 def build_venv(venv, torch_version):
     """The environment: torch first, mmcv built against it, the rest; a
     stamp marks it complete."""
@@ -77,7 +97,7 @@ def build_venv(venv, torch_version):
                'ninja', 'psutil'] + first)
     # no wheel cache: a cached mmcv was compiled against another torch
     run(pip + ['--no-build-isolation', '--no-cache-dir', '-c', requirements,
-               MMCV], env={'MMCV_WITH_OPS': '1'})
+               MMCV], env={'MMCV_WITH_OPS': '1', **cxx20_compiler(venv)})
     run(pip + ['-r', requirements])
     with open(stamp, 'w') as file:
         file.write(f'torch=={torch_version}\n')

@@ -17,6 +17,9 @@ from .errors import InputError
 
 #: The first torch with every API the ONNX export uses.
 ONNX_EXPORT_TORCH = '2.6'
+#: The first torch that compiles the backbone: the Haar transforms enter
+#: its graph as torch.library operators.
+COMPILE_TORCH = '2.4'
 # the torch.onnx.export options of the torch.export-based exporter
 _ONNX_EXPORT_OPTIONS = ('dynamo', 'custom_translation_table', 'optimize',
                         'external_data')
@@ -83,6 +86,18 @@ def onnx_export_refusal() -> str:
             f'torch {torch.__version__} lacks {", ".join(missing)}. '
             f'Training, testing and inference in PyTorch work on this '
             f'torch; export in an environment with a newer one.')
+
+
+def require_backbone_compile() -> None:
+    """Raise a TorchFeatureError where the installed torch cannot compile
+    the backbone (``compile=True``, the tools' ``--compile``)."""
+    if not has_custom_ops():
+        raise TorchFeatureError(
+            f'Compiling the backbone (compile=True, --compile) needs torch '
+            f'{COMPILE_TORCH} or newer: its Haar transforms enter the graph '
+            f'as torch.library operators (torch.library.custom_op), which '
+            f'torch {torch.__version__} lacks. Train and test without '
+            f'compiling on this torch; the results are the same.')
 
 
 def require_onnx_export() -> None:

@@ -422,6 +422,8 @@ class WaveViT(BaseModule):
         self.compile_options = (
             None if compile is False
             else dict(compile) if isinstance(compile, dict) else {})
+        if self.compile_options is not None:
+            compat.require_backbone_compile()
         self._run_stages = self._stage_runner()
 
     def _stage_runner(self):
