@@ -21,7 +21,7 @@ from helpers import ROOT, RunsCode, save, wrap
 from mmengine.config import Config
 from mmengine.dataset import Compose, default_collate
 from mmpretrain.apis import ImageClassificationInferencer, get_model
-from mmpretrain.registry import MODELS
+from mmpretrain.registry import MODELS, TRANSFORMS
 from mmpretrain.structures import DataSample
 from official_layout import (ARCHS, classifier_state_dict,
                              official_eval_input, official_logits,
@@ -65,7 +65,8 @@ def picture(tmp_path_factory):
 def config_logits(model, config: Config, path: str) -> torch.Tensor:
     """The model's scores (float64) for the file at ``path`` through the
     config's test pipeline and data preprocessor."""
-    pipeline = Compose(config.test_dataloader.dataset.pipeline)
+    pipeline = Compose([TRANSFORMS.build(step) for step in
+                        config.test_dataloader.dataset.pipeline])
     data = model.data_preprocessor(
         default_collate([pipeline(dict(img_path=path))]), False)
     with torch.no_grad():
@@ -206,6 +207,7 @@ def test_training_step_learns_from_both_heads():
         stem_width=8, embed_dims=[16, 32, 48, 64], num_heads=[1, 2, 3, 4],
         mlp_ratios=[2, 2, 2, 2], depths=[1, 1, 1, 1], sr_ratios=[4, 2, 1, 1])
     config.model.head.update(in_channels=64, num_heads=4)
+    config.model.data_preprocessor = config.data_preprocessor
     model = MODELS.build(config.model)
     model.init_weights()
     model.train()

@@ -1,0 +1,85 @@
+"""Classification end to end on the toy ImageNet-folder set: a small
+Wave-ViT fine-tuned from an official-format file by tools/train.py, its
+checkpoint tested by tools/test.py and by mmpretrain's own test.py, the
+complexity table of tools/analysis_tools/get_flops.py."""
+import os
+import re
+import sys
+
+import pytest
+
+try:
+    import mmpretrain
+    import torchvision  # noqa: F401
+except Exception as error:  # not installed, or built for another torch
+    pytest.skip(f'mmpretrain is not usable ({type(error).__name__}: '
+                f'{error}); install torch and torchvision built for each '
+                f'other, mmcv 2.1.0 and mmpretrain==1.2.0 as '
+                f'docs/classification.md says', allow_module_level=True)
+
+from helpers import ROOT, save
+from official_layout import official_state_dict
+from toy_runs import TOY, run_process, tool, toy_shapes
+
+pytestmark = pytest.mark.slow
+
+CONFIG = os.path.join(TOY, 'configs', 'wavevit_toy_imagenet.py')
+#: the toy config's arch in the oracle's terms
+TOY_ARCH = dict(stem=16, dims=[32, 64, 128, 160], heads=[1, 2, 4, 5],
+                mlp=[4, 4, 4, 4], depths=[1, 1, 2, 1], sr=[4, 2, 1, 1])
+MMPRETRAIN_TOOLS = os.path.join(os.path.dirname(mmpretrain.__file__), '.mim',
+                                'tools')
+
+
+def run(args, cwd, timeout=900):
+    result = run_process(args, cwd, timeout)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+def top1(output: str) -> float:
+    match = re.findall(r'accuracy/top1: ([\d.]+)', output)
+    assert match, 'accuracy/top1 not printed'
+    return float(match[-1])
+
+
+def test_fine_tuned_from_an_official_file_tested_by_both_tools(tmp_path):
+    toy_shapes.make_imagenet(str(tmp_path / 'data' / 'toy_imagenet'),
+                             num_train=60, num_val=30, image_size=(72, 72),
+                             seed=1)
+    os.makedirs(tmp_path / 'checkpoints')
+    save(tmp_path / 'checkpoints', dict(
+        model=official_state_dict(TOY_ARCH, seed=5), epoch=309),
+        'wavevit_toy_official.pth')
+    train = run([sys.executable, tool('train.py'), CONFIG, '--work-dir',
+                 'work'], tmp_path)
+    # the official file started the run: all but the two linear heads
+    assert 'load_from' in train and 'head.fc' in train
+    checkpoint = tmp_path / 'work' / 'epoch_6.pth'
+    ours = top1(run([sys.executable, tool('test.py'), CONFIG,
+                     str(checkpoint), '--work-dir', 'test'], tmp_path))
+    theirs = top1(run([sys.executable,
+                       os.path.join(MMPRETRAIN_TOOLS, 'test.py'), CONFIG,
+                       str(checkpoint), '--work-dir', 'test_mmpretrain'],
+                      tmp_path))
+    print(f'toy ImageNet-folder set, 3 classes: top-1 {ours:.2f}')
+    assert ours == theirs
+    assert ours > 80.0  # chance: 33.3
+
+
+@pytest.mark.parametrize('arch,params,flops', [('s', 22.7, 4.7),
+                                                ('b', 33.5, 7.2),
+                                                ('l', 57.5, 14.8)])
+def test_get_flops_gives_the_official_table(arch, params, flops, tmp_path):
+    """Parameters as quoted; multiply-adds within 5% of the quoted GFLOPs
+    (the official counter is not public)."""
+    config = os.path.join(ROOT, 'configs', 'classification',
+                          f'wavevit_{arch}_in1k.py')
+    output = run([sys.executable, tool('analysis_tools/get_flops.py'),
+                  config, '--shape', '224'], tmp_path)
+    print(output[-600:])
+    counted = re.search(r'Params: ([\d.]+)M', output)
+    assert counted and round(float(counted[1]), 1) == params
+    counted = re.search(r'Flops: ([\d.]+)G', output)
+    assert counted and abs(float(counted[1]) / flops - 1) < 0.05
