@@ -320,19 +320,27 @@ HEAD_NAMES = {
 }
 
 
+def classifier_names(arch) -> 'OrderedDict[str, Optional[str]]':
+    """Official key -> the whole classifier's name for it (None for the
+    derived filter buffers, which it rebuilds)."""
+    names = OrderedDict()
+    for key, ours in backbone_names(arch).items():
+        module, suffix = key.rsplit('.', 1)
+        if module in HEAD_NAMES:
+            names[key] = f'{HEAD_NAMES[module]}.{suffix}'
+        else:
+            names[key] = None if ours is None else f'backbone.{ours}'
+    return names
+
+
 def classifier_state_dict(arch, seed: int = 0, num_classes: int = 1000
                           ) -> Dict[str, Tensor]:
     """What the whole classifier (backbone with ``final_norm=False`` and
     the official head) should hold after loading ``official_state_dict``
     with the same arguments."""
-    out = {}
-    for key, (value, ours) in _build(arch, seed, num_classes, True).items():
-        module, suffix = key.rsplit('.', 1)
-        if module in HEAD_NAMES:
-            out[f'{HEAD_NAMES[module]}.{suffix}'] = value
-        elif ours is not None:
-            out[f'backbone.{ours}'] = value
-    return out
+    official = official_state_dict(arch, seed, num_classes)
+    return {ours: official[key]
+            for key, ours in classifier_names(arch).items() if ours}
 
 
 def _class_block(x, sd, heads):

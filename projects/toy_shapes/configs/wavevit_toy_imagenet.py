@@ -46,7 +46,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='Accuracy', topk=(1, ))
 test_evaluator = val_evaluator
 
-max_epochs = 6
+max_epochs = 20
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-2, by_epoch=True, end=1,
@@ -60,3 +60,4 @@ default_hooks = dict(
     logger=dict(interval=5),
     checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
 load_from = 'checkpoints/wavevit_toy_official.pth'
+randomness = dict(seed=0)
