@@ -27,7 +27,8 @@ import wavevit_mm  # noqa: F401  (registers the classifier)
 
 pytestmark = pytest.mark.slow
 
-CONFIG = os.path.join(TOY, 'configs', 'wavevit_toy_imagenet.py')
+CONFIG = os.path.join(TOY, 'configs', 'classification',
+                      'wavevit_toy_imagenet.py')
 #: the toy config's arch in the oracle's terms
 TOY_ARCH = dict(stem=16, dims=[32, 64, 128, 160], heads=[1, 2, 4, 5],
                 mlp=[4, 4, 4, 4], depths=[1, 1, 2, 1], sr=[4, 2, 1, 1])

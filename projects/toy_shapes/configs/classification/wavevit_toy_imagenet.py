@@ -3,7 +3,7 @@
 # official-format checkpoint (load_from) on 64x64 crops of 72x72 images,
 # three classes. The official evaluation transform scaled to 64 (shorter
 # side int(64 / 0.96) = 66, centre crop 64).
-_base_ = ['../../../configs/classification/wavevit_s_in1k.py']
+_base_ = ['../../../../configs/classification/wavevit_s_in1k.py']
 
 data_root = 'data/toy_imagenet/'
 metainfo = dict(classes=('circle', 'square', 'triangle'))
