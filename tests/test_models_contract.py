@@ -298,8 +298,9 @@ def test_weight_parametrizations_act_on_the_forward(parametrization):
 
 # ----------------------------------------------------------------- copies
 
-@pytest.mark.parametrize('compile', [False, True], ids=['eager',
-                                                        'compiled'])
+@pytest.mark.parametrize('compile', [
+    False, pytest.param(True, marks=pytest.mark.backbone_compile)],
+    ids=['eager', 'compiled'])
 def test_copies_keep_weights_and_settings(compile):
     """mmpretrain/mmdet models are deep-copied for EMA and pickled by
     ``torch.save(model)`` and multiprocessing: a model built with

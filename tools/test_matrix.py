@@ -149,23 +149,32 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--torch', required=True,
                         help='the torch version to test, e.g. 2.1.2')
+    parser.add_argument('--venv',
+                        help='an environment already built for this torch '
+                        '(e.g. the pinned .venv of make setup): the suite '
+                        'runs in the checkout itself, with its in-place '
+                        'build')
     parser.add_argument('--workers', default='2',
                         help='pytest-xdist workers (default 2)')
     parser.add_argument('pytest_args', nargs='*',
                         help='more pytest arguments, after --')
     args = parser.parse_args(argv)
     start = time.time()
-    venv = osp.join(ROOT, f'.venv-torch{args.torch}')
-    build_venv(venv, args.torch)
+    venv = args.venv or osp.join(ROOT, f'.venv-torch{args.torch}')
+    if not args.venv:
+        build_venv(venv, args.torch)
     built = time.time()
-    python = osp.join(venv, 'bin', 'python')
-    tree = osp.join(ROOT, 'build', 'matrix', f'torch-{args.torch}')
-    copy_tree(tree)
-    run([python, '-m', 'pip', 'install', '--no-deps',
-         '--no-build-isolation', '-e', tree], quiet=True)
+    python = osp.join(osp.abspath(venv), 'bin', 'python')
+    tree = ROOT if args.venv else osp.join(ROOT, 'build', 'matrix',
+                                           f'torch-{args.torch}')
+    if not args.venv:
+        copy_tree(tree)
+        run([python, '-m', 'pip', 'install', '--no-deps',
+             '--no-build-isolation', '-e', tree], quiet=True)
     torch_version, python_version, mmcv, compiled = run(
         [python, '-c', VERSIONS], cwd=tree, quiet=True).split()[-4:]
-    junit = osp.join(tree, 'junit.xml')
+    junit = osp.join(ROOT, 'build', 'matrix', f'junit-torch{args.torch}.xml')
+    os.makedirs(osp.dirname(junit), exist_ok=True)
     subprocess.run(
         [python, '-m', 'pytest', '-n', args.workers, '--dist', 'loadfile',
          '-p', 'no:cacheprovider', '-q', '-rs', f'--junitxml={junit}'] +
@@ -184,6 +193,10 @@ def main(argv=None):
     print('| --- | --- | --- | --- | --- | --- |')
     print(f'| {torch_version} | {python_version} | {mmcv} | '
           f'{counts["passed"]} | {counts["failed"]} | {counts["skipped"]} |')
+    if torch_version.split('+')[0] != args.torch:
+        print(f'test_matrix: asked for torch {args.torch}, the environment '
+              f'has {torch_version}')
+        return 1
     return 1 if counts['failed'] or compiled != 'True' else 0
 
 
