@@ -13,7 +13,7 @@ from wavevit_mm.apis.complexity import count_complexity, format_count
 
 @pytest.mark.parametrize('arch,size,compile', [
     ('s', (64, 64), False), ('s', (33, 47), False), ('b', (64, 96), False),
-    ('s', (64, 64), True)])
+    pytest.param('s', (64, 64), True, marks=pytest.mark.backbone_compile)])
 def test_backbone_multiply_adds_follow_the_architecture(arch, size, compile):
     """Convolutions, linear layers and both attention products; the
     counter adds normalisation (0.5%), nothing else. A backbone set to
