@@ -18,7 +18,9 @@ from wavevit_mm.checkpoint import CheckpointError, load_checkpoint
 
 def load_with_torchs_defaults(path):
     """torch.load(weights_only=True) as in a process that never imported
-    wavevit_mm: torch's own allow-list only."""
+    wavevit_mm: torch's own allow-list only (older torch has no other)."""
+    if not hasattr(torch.serialization, 'get_safe_globals'):
+        return torch.load(path, weights_only=True)
     registered = torch.serialization.get_safe_globals()
     torch.serialization.clear_safe_globals()
     try:

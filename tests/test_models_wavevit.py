@@ -132,7 +132,13 @@ def test_no_attention_matrix_is_kept_for_backward():
 
 
 def test_bfloat16_autocast_close_to_float32():
-    model = WaveViT(TINY).eval()
+    """With the backbone's own initialisation (PyTorch's defaults give
+    near-degenerate features, 15-37% apart in bfloat16), the stages stay
+    within about 1.5% of float32 (measured over seeds 0-3)."""
+    torch.manual_seed(0)
+    model = WaveViT(TINY)
+    model.init_weights()
+    model.eval()
     image = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
         reference = model(image)
@@ -141,7 +147,7 @@ def test_bfloat16_autocast_close_to_float32():
     for ref, out in zip(reference, mixed):
         assert out.dtype == torch.bfloat16
         error = (out.float() - ref).abs().max() / ref.abs().max()
-        assert error < 0.05
+        assert error < 0.03
     model.train()
     with torch.autocast('cpu', dtype=torch.bfloat16):
         loss = sum(o.float().square().mean() for o in model(image))

@@ -16,6 +16,8 @@ and nothing else.
 """
 import _compat_pickle
 import argparse
+import codecs
+import collections
 import inspect
 import io
 import pickle
@@ -122,9 +124,25 @@ SAFE_GLOBAL_NAMES: Dict[str, Callable] = {
     for entry in SAFE_GLOBALS}
 
 
+def _older_torch_data_globals() -> Dict[str, Any]:
+    """Data types that torch's weights-only unpickler admits since 2.4 and
+    older torch does not list: every dtype, devices, sets, counters (the
+    milestones of step schedulers) and the bytes of numpy arrays in
+    protocol 2 pickles (``_codecs.encode``)."""
+    found: Dict[str, Any] = {
+        f'torch.{name}': value for name, value in vars(torch).items()
+        if isinstance(value, torch.dtype)}
+    found.update({'torch.device': torch.device, '_codecs.encode': codecs.encode,
+                  'builtins.set': set, 'builtins.bytearray': bytearray,
+                  'builtins.complex': complex,
+                  'collections.Counter': collections.Counter})
+    return found
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that finds torch's weights-only globals and
-    :data:`SAFE_GLOBALS`, and refuses every other global."""
+    """An unpickler that finds torch's weights-only globals, the data types
+    newer torch admits too, and :data:`SAFE_GLOBALS`, and refuses every
+    other global."""
 
     def find_class(self, module: str, name: str) -> Any:
         # Python 2 names in protocol 2 pickles (torch.save's default)
@@ -132,7 +150,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             (module, name),
             (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
         full_name = f'{module}.{name}'
-        allowed = SAFE_GLOBAL_NAMES.get(full_name)
+        allowed = SAFE_GLOBAL_NAMES.get(full_name,
+                                        _OLDER_TORCH_DATA.get(full_name))
         if allowed is None:
             allowed = torch._weights_only_unpickler._get_allowed_globals(
             ).get(full_name)
@@ -142,6 +161,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return allowed
 
 
+_OLDER_TORCH_DATA = _older_torch_data_globals()
 #: A pickle module for ``torch.load(pickle_module=...)`` that unpickles
 #: with :class:`_RestrictedUnpickler`.
 restricted_pickle = types.ModuleType('wavevit_mm_restricted_pickle')

@@ -16,6 +16,9 @@ import torch
 from mmengine.config import Config
 from torch import Tensor, nn
 
+from ..inference import read_image
+from .inference import test_pipeline
+
 #: Image files the validation folders are searched for.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 #: Size (H, W) of the picture the package draws.
@@ -81,7 +84,6 @@ def validation_image(cfg: Config) -> Optional[str]:
 def probe_image(cfg: Config, path: Optional[str] = None) -> Probe:
     """The picture to check a file on: ``path``, else the config's first
     validation image, else :func:`synthetic_image`."""
-    from ..inference import read_image
     if path:
         return Probe(read_image(path), str(path))
     found = validation_image(cfg)
@@ -99,7 +101,6 @@ def check_input(model: nn.Module, cfg: Config, image: np.ndarray,
     config's test pipeline and the model's data preprocessor (resized,
     normalised, padded), then zero-padded at the bottom and right to
     ``size`` where smaller, cut there where larger."""
-    from .inference import test_pipeline
     data = test_pipeline(cfg)(dict(img=image[..., ::-1].copy(), img_id=0))
     with torch.no_grad():
         inputs = model.data_preprocessor(
