@@ -309,8 +309,13 @@ def test_every_caller_gets_its_map_location(tmp_path, reader, suffix,
     path = weights_file(tmp_path, suffix)
     tensor = read_through(reader, path, map_location)
     assert tensor.device.type == 'meta' and tensor.shape == (4, )
-    assert load_checkpoint(path).get('state_dict', {}).get(
-        'backbone.w', torch.zeros(1)).device.type == 'cpu'
+    # without map_location: the file's one tensor, as written, on the CPU
+    checkpoint = load_checkpoint(path)
+    state_dict = (checkpoint if suffix == '.safetensors'
+                  else checkpoint['state_dict'])
+    assert list(state_dict) == ['backbone.w']
+    assert state_dict['backbone.w'].device.type == 'cpu'
+    assert torch.equal(state_dict['backbone.w'], torch.arange(4.))
 
 
 def test_a_function_map_location_sees_every_storage(tmp_path):
@@ -334,8 +339,8 @@ def test_read_once_hands_over_only_to_a_reader_of_the_same_location(
 
 
 def test_loader_registration_can_be_undone(tmp_path):
-    """unregister_loader gives mmengine its own loader back (the README's
-    opt-out): a file that is no checkpoint gets torch's error, not ours;
+    """unregister_loader gives mmengine its own loader back (the opt-out
+    of docs/checkpoint_safety.md): a file that is no checkpoint gets torch's error, not ours;
     register_loader, what importing wavevit_mm does, restores ours."""
     path = tmp_path / 'notes.pth'
     path.write_text('not a checkpoint')
