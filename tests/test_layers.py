@@ -125,18 +125,36 @@ def test_every_floor_of_the_package_has_a_layer():
     assert floors == set(LAYERS)
 
 
-@pytest.mark.parametrize('source,problem', [
-    ('checkpoint/loading.py', 'from ..models import WaveViT\n'),
-    ('models/official.py', 'def f():\n    from ..checkpoint import x\n'),
-    ('ops/wavelet.py', 'import wavevit_mm.ops\n'),
-])
-def test_the_checker_finds_upward_local_and_cyclic_imports(tmp_path, source,
-                                                           problem):
-    """A copy of the package with one bad import fails the check."""
+@pytest.mark.parametrize('source,problem,expected', [
+    ('checkpoint/loading.py', 'from ..models import WaveViT\n',
+     '{path}:{line}: wavevit_mm.checkpoint.loading imports wavevit_mm.models,'
+     ' which is not on a lower floor'),
+    ('models/official.py', 'def f():\n    from ..checkpoint import x\n',
+     '{path}:{next_line}: wavevit_mm.models.official imports '
+     'wavevit_mm.checkpoint inside a function'),
+    ('ops/wavelet.py', 'import wavevit_mm.ops\n',
+     'import cycle: wavevit_mm.ops -> wavevit_mm.ops.wavelet -> '
+     'wavevit_mm.ops'),
+], ids=['upward', 'local', 'cyclic'])
+def test_the_checker_finds_upward_local_and_cyclic_imports(
+        tmp_path, source, problem, expected):
+    """A copy of the package with one bad import fails the check, which
+    names that import: its file and line and both modules (or the cycle)."""
     for module, path in modules(ROOT).items():
         copy = tmp_path / os.path.relpath(path, ROOT)
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_text(open(path).read())
+    assert layer_problems(str(tmp_path)) == []
     bad = tmp_path / PACKAGE / source
-    bad.write_text(bad.read_text() + '\n' + problem)
-    assert layer_problems(str(tmp_path))
+    text = bad.read_text()
+    line = text.count('\n') + 2  # the appended import, after a blank line
+    bad.write_text(text + '\n' + problem)
+    problems = layer_problems(str(tmp_path))
+    if expected.startswith('import cycle'):
+        # the search may enter the cycle at either module
+        assert len(problems) == 1 and problems[0] in (
+            expected, 'import cycle: wavevit_mm.ops.wavelet -> '
+            'wavevit_mm.ops -> wavevit_mm.ops.wavelet')
+    else:
+        assert expected.format(path=bad, line=line, next_line=line + 1) \
+            in problems
