@@ -47,9 +47,12 @@ def test_one_stage_detectors_give_mmdets_detections(family, tmp_path):
     report = export_onnx(config, checkpoint, out, TOY_SIZE,
                          log=lambda _: None)
     assert report.part == 'detector' and not report.dynamic
-    # top 100 unless the suppression leaves fewer (GFL's, on this model)
-    assert all(c.passed and c.detections[0] == c.detections[1] > 20
-               for c in report.checks)
+    # one check, at the export's size; top 100 unless the suppression
+    # leaves fewer (GFL's, on this model)
+    assert [c.size for c in report.checks] == [TOY_SIZE]
+    (check, ) = report.checks
+    assert check.passed and check.elements > 0
+    assert check.detections[0] == check.detections[1] > 20
 
     # on another input: ONNX Runtime's raw outputs decoded by the head,
     # against mmdet's own predict() on the model
