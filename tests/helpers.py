@@ -116,6 +116,28 @@ def assert_backbone_equals(model, expected: Dict[str, Tensor]) -> None:
         assert torch.equal(state[key], value.to(state[key].dtype)), key
 
 
+def assert_refusal(result, prog: str, *parts: str,
+                   after_other_output: bool = False) -> str:
+    """A tool's refusal as a user sees it: exit status 1, no traceback, and
+    one paragraph ``prog: error: ...`` (a single line) holding each of
+    ``parts``, the problem named. ``result`` is a ``run_tool`` result
+    (``code``) or a finished subprocess (``returncode``); stderr holds the
+    paragraph alone unless ``after_other_output`` (then it is the last
+    line). Returns the paragraph."""
+    code = getattr(result, 'code', getattr(result, 'returncode', None))
+    assert code == 1, result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.rstrip('\n').split('\n')
+    if not after_other_output:
+        assert len(lines) == 1 and result.stderr.endswith('\n'), \
+            result.stderr[-3000:]
+    message = lines[-1]
+    assert message.startswith(f'{prog}: error: '), result.stderr[-3000:]
+    for part in parts:
+        assert part in message, (part, message)
+    return message
+
+
 # -------------------------------------------------------------- bad files
 
 def _first_half(path: str) -> bytes:
@@ -220,3 +242,16 @@ def wavevit_multiply_adds(arch: str, height: int, width: int) -> int:
             total += 2 * tokens * dim * hidden + tokens * hidden * 9  # FFN
         channels = dim
     return total
+
+
+def require_mmpretrain() -> None:
+    """Skip the calling test module, in one line that says how to get
+    mmpretrain, where it or torchvision cannot be imported."""
+    try:
+        import mmpretrain  # noqa: F401
+        import torchvision  # noqa: F401
+    except Exception as error:  # not installed, or built for another torch
+        pytest.skip(f'mmpretrain is not usable ({type(error).__name__}: '
+                    f'{error}); `make test-cls` runs these tests in '
+                    f'.venv-cls, which has it (docs/classification.md)',
+                    allow_module_level=True)

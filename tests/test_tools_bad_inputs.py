@@ -16,7 +16,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-from helpers import RunsCode
+from helpers import RunsCode, assert_refusal
 from toy_runs import DET_CONFIG, SEG_CONFIG, run_process, run_tool, tool
 from wavevit_mm import WaveViT
 
@@ -115,15 +115,6 @@ MODEL_MESSAGES = dict(
                'Wave-ViT (stem width 16'])
 
 
-def assert_one_paragraph(result, prog, *parts):
-    assert result.code == 1, result.stderr
-    assert result.stderr.startswith(f'{prog}: error: ')
-    assert result.stderr.count('\n') == 1, result.stderr
-    assert 'Traceback' not in result.stderr
-    for part in parts:
-        assert part in result.stderr
-
-
 def write_config(folder, name, body):
     path = folder / name
     path.write_text(textwrap.dedent(body))
@@ -145,7 +136,7 @@ def test_train_with_a_bad_backbone_checkpoint(toy_workspace, toy_checkpoints,
         ''')
     result = run_tool('train.py', [config, '--work-dir', tmp_path / 'work'],
                       toy_workspace)
-    assert_one_paragraph(result, 'train.py', *(
+    assert_refusal(result, 'train.py', *(
         part.format(path=path) for part in BACKBONE_MESSAGES[kind]))
     assert not list((tmp_path / 'work').glob('*.pth'))
     assert not list(tmp_path.glob('*.payload_ran'))
@@ -159,7 +150,7 @@ def test_test_with_a_bad_checkpoint(toy_workspace, toy_checkpoints, tmp_path,
         write_bad_checkpoint(kind, path, True, toy_checkpoints['det'])
     result = run_tool('test.py', [DET_CONFIG, path, '--work-dir', tmp_path],
                       toy_workspace)
-    assert_one_paragraph(result, 'test.py', *(
+    assert_refusal(result, 'test.py', *(
         part.format(path=path) for part in MODEL_MESSAGES[kind]))
     assert not list(tmp_path.glob('*.payload_ran'))
 
@@ -174,7 +165,7 @@ def test_demo_with_a_bad_checkpoint(toy_workspace, toy_checkpoints, tmp_path,
     result = run_tool('image_demo.py', [
         'data/toy_coco/val/000000.jpg', DET_CONFIG, path,
         '--out-file', out_file], toy_workspace)
-    assert_one_paragraph(result, 'image_demo.py', *(
+    assert_refusal(result, 'image_demo.py', *(
         part.format(path=path) for part in MODEL_MESSAGES[kind]))
     assert not out_file.exists()
     assert not list(tmp_path.glob('*.payload_ran'))
@@ -219,7 +210,7 @@ def test_train_with_an_impossible_backbone(toy_workspace, tmp_path, option,
                                            message):
     result = run_tool('train.py', [DET_CONFIG, '--work-dir', tmp_path,
                                    '--cfg-options', option], toy_workspace)
-    assert_one_paragraph(result, 'train.py', message)
+    assert_refusal(result, 'train.py', message)
 
 
 def test_test_with_an_impossible_backbone(toy_workspace, toy_checkpoints,
@@ -227,7 +218,7 @@ def test_test_with_an_impossible_backbone(toy_workspace, toy_checkpoints,
     result = run_tool('test.py', [
         DET_CONFIG, toy_checkpoints['det'], '--work-dir', tmp_path,
         '--cfg-options', 'model.backbone.out_indices=(0,4)'], toy_workspace)
-    assert_one_paragraph(result, 'test.py', 'model.backbone: out_indices')
+    assert_refusal(result, 'test.py', 'model.backbone: out_indices')
 
 
 # ----------------------------------------------------------------- images
@@ -315,7 +306,7 @@ def test_demo_on_a_missing_or_unreadable_image(toy_workspace, toy_checkpoints,
                                         toy_checkpoints['det'],
                                         '--out-file', tmp_path / 'x.png'],
                       toy_workspace)
-    assert_one_paragraph(result, 'image_demo.py', message.format(path=path))
+    assert_refusal(result, 'image_demo.py', message.format(path=path))
 
 
 # --------------------------------------------------------------- datasets
@@ -335,7 +326,7 @@ def test_train_with_a_missing_annotation_file_or_image_folder(
         toy_workspace, tmp_path, options, message):
     result = run_tool('train.py', [DET_CONFIG, '--work-dir', tmp_path,
                                    '--cfg-options'] + options, toy_workspace)
-    assert_one_paragraph(result, 'train.py', message,
+    assert_refusal(result, 'train.py', message,
                          f'working directory, {toy_workspace}')
     assert not (tmp_path / 'last_checkpoint').exists()
 
@@ -345,7 +336,7 @@ def test_segmentation_with_a_missing_image_folder(toy_workspace, tmp_path):
         SEG_CONFIG, '--work-dir', tmp_path, '--cfg-options',
         'train_dataloader.dataset.data_prefix.img_path=images/gone'],
         toy_workspace)
-    assert_one_paragraph(result, 'train.py',
+    assert_refusal(result, 'train.py',
                          'data_prefix.img_path folder '
                          'data/toy_ade20k/images/gone does not exist')
 
@@ -356,7 +347,7 @@ def test_test_with_a_missing_annotation_file(toy_workspace, toy_checkpoints,
         DET_CONFIG, toy_checkpoints['det'], '--work-dir', tmp_path,
         '--cfg-options', 'test_dataloader.dataset.ann_file=gone.json'],
         toy_workspace)
-    assert_one_paragraph(result, 'test.py', 'test_dataloader.dataset: '
+    assert_refusal(result, 'test.py', 'test_dataloader.dataset: '
                          'annotation file data/toy_coco/gone.json')
 
 
@@ -457,7 +448,7 @@ def test_train_with_a_label_map_of_another_size(broken_label_maps,
     set, only after training."""
     result = run_tool('train.py', [SEG_CONFIG, '--work-dir', tmp_path],
                       broken_label_maps)
-    assert_one_paragraph(
+    assert_refusal(
         result, 'train.py', 'train_dataloader.dataset: label map '
         'data/toy_ade20k/annotations/training/ADE_toy_00000000.png is 64x96 '
         'but its image data/toy_ade20k/images/training/ADE_toy_00000000.jpg '
@@ -471,7 +462,7 @@ def test_test_with_a_label_map_of_another_size_or_missing(
     os.remove(labels / 'validation' / 'ADE_toy_00000001.png')
     result = run_tool('test.py', [SEG_CONFIG, toy_checkpoints['seg'],
                                   '--work-dir', tmp_path], broken_label_maps)
-    assert_one_paragraph(
+    assert_refusal(
         result, 'test.py', 'test_dataloader.dataset: label map '
         'data/toy_ade20k/annotations/validation/ADE_toy_00000000.png is '
         '64x96', 'label map data/toy_ade20k/annotations/validation/'

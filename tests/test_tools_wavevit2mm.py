@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT, RunsCode
+from helpers import ROOT, RunsCode, assert_refusal
 from official_layout import backbone_state_dict, official_state_dict
 from wavevit_mm import WaveViT
 
@@ -59,9 +59,8 @@ def test_refuses_to_overwrite_without_force(tmp_path):
     src = official_file(tmp_path)
     dst = tmp_path / 'wavevit_s.pth'
     dst.write_bytes(b'keep me')
-    result = convert(src, dst)
-    assert result.returncode != 0
-    assert 'already exists' in result.stderr and '--force' in result.stderr
+    assert_refusal(convert(src, dst), 'wavevit2mm', f'{dst} already exists',
+                   '--force')
     assert dst.read_bytes() == b'keep me'
     assert convert(src, dst, '--force').returncode == 0
     assert_backbone_weights(torch.load(dst, weights_only=True)['state_dict'])
@@ -70,28 +69,24 @@ def test_refuses_to_overwrite_without_force(tmp_path):
 def test_wrong_arch_is_a_clear_error_naming_the_file_arch(tmp_path):
     src = official_file(tmp_path, 'b')
     dst = tmp_path / 'wavevit_s.pth'
-    result = convert(src, dst, '--arch', 's')
-    assert result.returncode != 0
-    assert 'Wave-ViT-B' in result.stderr and "arch='b'" in result.stderr
-    assert 'Traceback' not in result.stderr
+    assert_refusal(convert(src, dst, '--arch', 's'), 'wavevit2mm',
+                   str(src), 'Wave-ViT-B', "arch='b'")
     assert not dst.exists()
 
 
 def test_refuses_malicious_pickle_unless_trusted(tmp_path):
     marker = tmp_path / 'payload_ran'
     src = official_file(tmp_path, extra=RunsCode(f'touch {marker}'))
-    result = convert(src, tmp_path / 'out.pth')
-    assert result.returncode != 0
-    assert str(src) in result.stderr and '--trusted' in result.stderr
-    assert 'Traceback' not in result.stderr
+    assert_refusal(convert(src, tmp_path / 'out.pth'), 'wavevit2mm',
+                   str(src), '--trusted')
     assert not marker.exists() and not (tmp_path / 'out.pth').exists()
 
 
 def test_trusted_converts_a_legacy_file(tmp_path):
     src = official_file(tmp_path, data_dir=pathlib.PurePosixPath('/data'))
     dst = tmp_path / 'wavevit_s.pth'
-    refused = convert(src, dst)
-    assert refused.returncode != 0 and 'PurePosixPath' in refused.stderr
+    assert_refusal(convert(src, dst), 'wavevit2mm', str(src),
+                   'PurePosixPath', '--trusted')
     result = convert(src, dst, '--trusted')
     assert result.returncode == 0, result.stderr
     assert_backbone_weights(torch.load(dst, weights_only=True)['state_dict'])
@@ -100,8 +95,5 @@ def test_trusted_converts_a_legacy_file(tmp_path):
 def test_not_a_checkpoint_is_a_one_line_error(tmp_path):
     src = tmp_path / 'wavevit_s.pth'
     src.write_text('<!DOCTYPE html><html>404 Not Found</html>')
-    result = convert(src, tmp_path / 'out.pth')
-    assert result.returncode != 0
-    assert result.stderr.strip().startswith('wavevit2mm: error: ')
-    assert f'{src} is not a checkpoint: it looks like text' in result.stderr
-    assert 'Traceback' not in result.stderr
+    assert_refusal(convert(src, tmp_path / 'out.pth'), 'wavevit2mm',
+                   f'{src} is not a checkpoint: it looks like text')
