@@ -5,10 +5,18 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# the classification environment (see its recipe below)
+CLS_VENV ?= .venv-cls
+CLS_PY := $(CLS_VENV)/bin/python
+CLS_PIP := $(CLS_PY) -m pip
+CLS_STAMP := $(CLS_VENV)/.installed
+CLS_REQUIREMENTS := $(CLS_VENV)/requirements.txt
+CLS_TESTS := tests/test_models_classification.py tests/test_tools_classification.py
 
-.PHONY: setup test test-fast test-matrix demo clean
+.PHONY: setup setup-cls test test-fast test-cls test-matrix demo clean
 
 setup: $(STAMP)
+setup-cls: $(CLS_STAMP)
 
 # torch first (pinned: an unpinned torch pulls several GB of CUDA wheels),
 # then mmcv 2.1.0 built from source with its compiled ops (about 5-20 min on
@@ -22,6 +30,24 @@ $(STAMP): requirements.txt pyproject.toml setup.py wavevit_mm/ops/csrc/haar.cpp
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
 
+# The classification environment: the registry's torch and torchvision
+# (CUDA builds that run on the CPU too), mmcv 2.1.0 built without its ops
+# (mmpretrain uses none, and torch 2.14's headers need C++20 where mmcv's
+# ops ask for C++17; no wheel cache: a cached mmcv wheel has the ops of the
+# pinned torch), mmpretrain, the rest of requirements.txt. The package is
+# installed with build isolation, so its Haar kernels are not built for
+# this torch and the pinned environment's in-place build stays; here the
+# pure-PyTorch transforms run after one warning (same results).
+$(CLS_STAMP): requirements.txt pyproject.toml
+	test -x $(CLS_PY) || $(PYTHON) -m venv $(CLS_VENV)
+	grep -v -E '^(torch|mmcv)==' requirements.txt > $(CLS_REQUIREMENTS)
+	printf 'torch==2.14.1\ntorchvision==0.29.1\nmmpretrain==1.2.0\n' >> $(CLS_REQUIREMENTS)
+	$(CLS_PIP) install -c $(CLS_REQUIREMENTS) torch torchvision numpy setuptools wheel ninja psutil
+	MMCV_WITH_OPS=0 $(CLS_PIP) install --no-build-isolation --no-cache-dir -c $(CLS_REQUIREMENTS) mmcv==2.1.0
+	$(CLS_PIP) install -r $(CLS_REQUIREMENTS)
+	$(CLS_PIP) install --no-deps -e .
+	touch $@
+
 # One torch thread unless OMP_NUM_THREADS says otherwise: OpenMP threads
 # that share the cores with other work (the tools the tests run, anything
 # else on a small machine) spin and slow the suite down several times.
@@ -32,8 +58,15 @@ TEST_ENV := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 TEST_WORKERS ?= 2
 TEST_OPTS := -n $(TEST_WORKERS) --dist loadfile
 
+# The suite on the pinned stack, then the classification tests in their
+# own environment (mmpretrain needs torchvision, which the pinned CPU torch
+# lacks).
 test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest $(TEST_OPTS) $(PYTEST_ARGS)
+	$(MAKE) test-cls
+
+test-cls: $(CLS_STAMP)
+	$(TEST_ENV) $(CLS_PY) -m pytest $(TEST_OPTS) $(CLS_TESTS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest $(TEST_OPTS) -m "not slow" $(PYTEST_ARGS)
@@ -53,4 +86,4 @@ demo: $(STAMP)
 	PYTHON=$(abspath $(PY)) bash projects/toy_shapes/demo.sh
 
 clean:
-	rm -rf $(VENV) work_dirs
+	rm -rf $(VENV) $(CLS_VENV) work_dirs

@@ -8,16 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-try:
-    import mmpretrain  # noqa: F401
-    import torchvision  # noqa: F401
-except Exception as error:  # not installed, or built for another torch
-    pytest.skip(f'mmpretrain is not usable ({type(error).__name__}: '
-                f'{error}); install torch and torchvision built for each '
-                f'other, mmcv 2.1.0 and mmpretrain==1.2.0 as '
-                f'docs/classification.md says', allow_module_level=True)
+from helpers import ROOT, RunsCode, require_mmpretrain, save, wrap
 
-from helpers import ROOT, RunsCode, save, wrap
+require_mmpretrain()
+
 from mmengine.config import Config
 from mmengine.dataset import Compose, default_collate
 from mmpretrain.apis import ImageClassificationInferencer, get_model

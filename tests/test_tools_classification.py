@@ -8,16 +8,11 @@ import sys
 
 import pytest
 
-try:
-    import mmpretrain
-    import torchvision  # noqa: F401
-except Exception as error:  # not installed, or built for another torch
-    pytest.skip(f'mmpretrain is not usable ({type(error).__name__}: '
-                f'{error}); install torch and torchvision built for each '
-                f'other, mmcv 2.1.0 and mmpretrain==1.2.0 as '
-                f'docs/classification.md says', allow_module_level=True)
+from helpers import ROOT, require_mmpretrain, save
 
-from helpers import ROOT, save
+require_mmpretrain()
+
+import mmpretrain  # noqa: E402
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
 from official_layout import classifier_names, official_state_dict
