@@ -340,8 +340,9 @@ def test_read_once_hands_over_only_to_a_reader_of_the_same_location(
 
 def test_loader_registration_can_be_undone(tmp_path):
     """unregister_loader gives mmengine its own loader back (the opt-out
-    of docs/checkpoint_safety.md): a file that is no checkpoint gets torch's error, not ours;
-    register_loader, what importing wavevit_mm does, restores ours."""
+    of docs/checkpoint_safety.md): a file that is no checkpoint gets
+    torch's error, not ours; register_loader, what importing wavevit_mm
+    does, restores ours."""
     path = tmp_path / 'notes.pth'
     path.write_text('not a checkpoint')
     try:

@@ -176,9 +176,9 @@ test_dataloader = val_dataloader
 
 def test_fine_tuning_the_detector_on_other_classes(toy_workspace, trained,
                                                    tmp_path):
-    """The README's fine-tuning config: the 3-class detector starts a
-    2-class one. Everything but the classifier is loaded; one block says
-    what was not, and why."""
+    """The fine-tuning config of docs/fine_tuning.md: the 3-class detector
+    starts a 2-class one. Everything but the classifier is loaded; one
+    block says what was not, and why."""
     config = tmp_path / 'retinanet_toy_two_classes.py'
     config.write_text(FINE_TUNING.format(base=RETINANET, checkpoint=trained))
     output = run([tool('train.py'), config, '--work-dir', tmp_path / 'work',

@@ -61,7 +61,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--wavelet-shape', dest='wavelet_shapes', type=int,
                         nargs=4, action='append', metavar=('B', 'C', 'H', 'W'),
                         help='an input of the DWT/IDWT table, repeated for '
-                        'several (default: the three of the README)')
+                        'several (default: the three of benchmarking/haar.py)')
     parser.add_argument('--skip-backbones', action='store_true',
                         help='leave out the backbone latency table')
     parser.add_argument('--train-config', default=None,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU figure of the README's benchmark section, in one run on your
-# own CUDA machine with the stack installed as in the README's
-# "Installation" (mmcv built with its CUDA ops), from the project root or
+# Every GPU figure of docs/benchmarks.md, in one run on your
+# own CUDA machine with the stack installed as in
+# docs/installation.md (mmcv built with its CUDA ops), from the project root or
 # anywhere:
 #
 #   bash tools/analysis_tools/gpu_benchmark.sh OUT_DIR
@@ -33,7 +33,7 @@ dtypes=${DTYPES:-fp32 tf32 bf16}     # inference
 train_dtypes=${TRAIN_DTYPES:-bf16 fp32}
 train_step=${TRAIN_STEP:-2 800 1216} # B H W of the backbone training step
 train_shape=${TRAIN_SHAPE:-800 1333} # H W of the Mask R-CNN batch
-haar_shape=${HAAR_SHAPE:-}           # B C H W: else the README's three
+haar_shape=${HAAR_SHAPE:-}           # B C H W: else haar.py's three (SHAPES)
 onnx_detector=${ONNX_DETECTOR:-}     # H W of the RetinaNet: else 800x1344
 backbones=(Wave-ViT-S Wave-ViT-B 'Wave-ViT-S (official formulation)'
            PVTv2-b2 ResNet-50)
