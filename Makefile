@@ -31,10 +31,11 @@ $(STAMP): requirements.txt pyproject.toml setup.py wavevit_mm/ops/csrc/haar.cpp
 	touch $@
 
 # The classification environment: the registry's torch and torchvision
-# (CUDA builds that run on the CPU too), mmcv 2.1.0 built without its ops
-# (mmpretrain uses none, and torch 2.14's headers need C++20 where mmcv's
-# ops ask for C++17; no wheel cache: a cached mmcv wheel has the ops of the
-# pinned torch), mmpretrain, the rest of requirements.txt. The package is
+# (CUDA builds that run on the CPU too), mmcv 2.1.0 built from its source
+# without its ops (mmpretrain uses none, and torch 2.14's headers need C++20
+# where mmcv's ops ask for C++17; without ops the build names itself
+# mmcv-lite, hence the downloaded file; no wheel cache: a cached wheel has
+# the pinned torch's ops), mmpretrain, the rest of requirements.txt. The package is
 # installed with build isolation, so its Haar kernels are not built for
 # this torch and the pinned environment's in-place build stays; here the
 # pure-PyTorch transforms run after one warning (same results).
@@ -43,7 +44,8 @@ $(CLS_STAMP): requirements.txt pyproject.toml
 	grep -v -E '^(torch|mmcv)==' requirements.txt > $(CLS_REQUIREMENTS)
 	printf 'torch==2.14.1\ntorchvision==0.29.1\nmmpretrain==1.2.0\n' >> $(CLS_REQUIREMENTS)
 	$(CLS_PIP) install -c $(CLS_REQUIREMENTS) torch torchvision numpy setuptools wheel ninja psutil
-	MMCV_WITH_OPS=0 $(CLS_PIP) install --no-build-isolation --no-cache-dir -c $(CLS_REQUIREMENTS) mmcv==2.1.0
+	$(CLS_PIP) download --no-deps --no-binary :all: -d $(CLS_VENV)/src mmcv==2.1.0
+	MMCV_WITH_OPS=0 $(CLS_PIP) install --no-build-isolation --no-cache-dir -c $(CLS_REQUIREMENTS) $(CLS_VENV)/src/mmcv-2.1.0.tar.gz
 	$(CLS_PIP) install -r $(CLS_REQUIREMENTS)
 	$(CLS_PIP) install --no-deps -e .
 	touch $@
