@@ -276,3 +276,64 @@ def test_a_fused_export_runs_onnxruntimes_operators_at_any_size(tmp_path):
             expected = module(x)
         for out, ref in zip(run(path, x), expected):
             torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def producers_and_consumers(graph):
+    """Each tensor's producing node and its consuming nodes."""
+    producer, consumers = {}, {}
+    for node in graph.node:
+        for name in node.output:
+            producer[name] = node
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return producer, consumers
+
+
+def depthwise_convolutions(graph):
+    return [node for node in graph.node if node.op_type == 'Conv' and any(
+        a.name == 'group' and a.i > 1 for a in node.attribute)]
+
+
+@pytest.mark.slow
+def test_a_fused_export_runs_each_feed_forward_in_one_layout(tmp_path):
+    """The fused file convolves each block's hidden map between the FFN's
+    Linear layers as 1x1 convolutions, with no Transpose in between; so
+    ONNX Runtime's CPU, which convolves in its blocked NCHWc layout, keeps
+    the hidden map in that layout: no reorder reads or writes it."""
+    import onnx
+    import onnxruntime
+    from wavevit_mm.apis.deployment import onnx_model, session_options
+    module = toy_backbone()
+    model = onnx_model(module, (64, 96), dynamic=False, fuse=True)
+    producer, consumers = producers_and_consumers(model.graph)
+    depthwise = depthwise_convolutions(model.graph)
+    assert len(depthwise) == sum(TOY_ARCH['depths'])
+    for conv in depthwise:
+        (gelu, ) = consumers[conv.output[0]]
+        assert producer[conv.input[0]].op_type == 'Conv'
+        assert gelu.op_type == 'Gelu'
+        assert [n.op_type for n in consumers[gelu.output[0]]] == ['Conv']
+    path, optimized = str(tmp_path / 'fused.onnx'), str(tmp_path / 'ort.onnx')
+    onnx.save(model, path)
+    options = session_options(1)  # what every session here is given
+    options.optimized_model_filepath = optimized
+    onnxruntime.InferenceSession(path, options,
+                                 providers=['CPUExecutionProvider'])
+    graph = onnx.load(optimized).graph
+    layout = [node for node in graph.node
+              if node.domain == 'com.microsoft.nchwc']
+    if not layout:
+        pytest.skip('ONNX Runtime convolves in NCHW on this CPU')
+    producer, consumers = producers_and_consumers(graph)
+    depthwise = [node for node in depthwise_convolutions(graph)
+                 if node.domain == 'com.microsoft.nchwc']
+    assert len(depthwise) == sum(TOY_ARCH['depths'])
+    for conv in depthwise:
+        neighbours = [producer[conv.input[0]], *consumers[conv.output[0]]]
+        assert not {n.op_type for n in neighbours} & {'ReorderInput',
+                                                       'ReorderOutput'}
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = module(x)
+    for out, ref in zip(run(path, x), expected):
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)

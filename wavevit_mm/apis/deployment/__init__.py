@@ -34,7 +34,7 @@ from .exportable import (BackboneFeatures, DenseHeadOutputs,
 from .inference import predict_image_onnx
 from .probe import Probe, check_input, probe_image, synthetic_image
 from .runtime import (DEPLOY_INSTALL, ExportError, import_onnxruntime,
-                      onnx_session, run_session)
+                      onnx_session, run_session, session_options)
 from .two_stage import MaskRCNNOutputs, predicted_instances
 from .verification import (Check, check_file, decode_detections, differences,
                            image_metas, matched_detections)
@@ -47,6 +47,7 @@ __all__ = [
     'SegmentationLogits', 'predicted_instances',
     'default_shape', 'exportable', 'second_size',
     'predict_image_onnx', 'DEPLOY_INSTALL', 'ExportError',
-    'import_onnxruntime', 'onnx_session', 'run_session', 'Check', 'check_file',
+    'import_onnxruntime', 'onnx_session', 'run_session', 'session_options',
+    'Check', 'check_file',
     'decode_detections', 'differences', 'image_metas', 'matched_detections'
 ]

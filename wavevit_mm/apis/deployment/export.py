@@ -13,11 +13,12 @@ from torch import nn
 from ...checkpoint import atomic_write
 from ...compat import require_onnx_export
 from ...errors import ConfigError
+from ...models.pretrained import check_fits, read_model_weights
 from ..complexity import build_model
 from ..config import check_backbone_config, load_config, scope_of
-from ..model_checkpoint import check_model_fits, read_model_weights
 from .exportable import default_shape, exportable, second_size
-from .fusion import attention_translations, fuse_patterns
+from .fusion import (attention_translations, convolution_ffns,
+                     fuse_patterns)
 from .probe import check_input, probe_image
 from .runtime import ExportError, import_onnxruntime, onnx_session
 from .two_stage import onnx_translations
@@ -45,8 +46,9 @@ def onnx_model(module: nn.Module, shape: Tuple[int, int], dynamic: bool,
     """The ONNX model (a ModelProto) of ``module``: torch.export, then its
     translation to ONNX. A dynamic export may take no branch on the height
     or width: torch.export refuses instead of fixing the size into the
-    graph. ``fuse`` writes ONNX Runtime's fused operators
-    (:mod:`.fusion`): a file for ONNX Runtime alone."""
+    graph. ``fuse`` writes ONNX Runtime's fused operators and the
+    feed-forwards on maps (:mod:`.fusion`): a file for ONNX Runtime
+    alone."""
     require_onnx_export()  # one paragraph on an older torch
     example = (torch.zeros(1, 3, *shape), )
     dynamic_shapes = None
@@ -60,8 +62,9 @@ def onnx_model(module: nn.Module, shape: Tuple[int, int], dynamic: bool,
     translations = onnx_translations()
     if fuse:
         translations.update(attention_translations())
+    layout = convolution_ffns(module) if fuse else contextlib.nullcontext()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), layout:
             program = torch.export.export(module, example,
                                           dynamic_shapes=dynamic_shapes)
             model = torch.onnx.export(
@@ -109,9 +112,9 @@ def load_model(config: str, checkpoint: str,
     cfg = load_config(config, cfg_options)
     scope_of(cfg)
     check_backbone_config(cfg)
-    weights = read_model_weights(checkpoint)
+    weights, _ = read_model_weights(checkpoint)
     model = build_model(cfg)
-    check_model_fits(weights, model, checkpoint)
+    check_fits(weights, model, checkpoint)
     model.load_state_dict(weights, strict=True)
     return cfg, model.eval()
 

@@ -1,5 +1,5 @@
-"""ONNX Runtime's fused operators, for a file meant for ONNX Runtime alone
-(``pytorch2onnx.py --fuse``).
+"""ONNX Runtime's fused operators and layout, for a file meant for ONNX
+Runtime alone (``pytorch2onnx.py --fuse``).
 
 Attention is exported as ``com.microsoft`` ``MultiHeadAttention``, whose
 CPU kernel is a flash attention that never holds the N x M scores (the
@@ -8,11 +8,22 @@ then two of onnxruntime.transformers' fusions rewrite GELU's Erf form to
 one ``Gelu`` node and a residual Add followed by LayerNormalization to
 ``SkipLayerNormalization``. These are ONNX Runtime's own operators, with
 CPU and CUDA kernels: TensorRT and OpenVINO read the plain export.
+
+Each block's feed-forward is exported on (B, C, H, W) maps
+(:class:`ConvolutionFFN`), so that ONNX Runtime's CPU runs it whole in its
+blocked NCHWc layout: the layout changes at its narrow input and output
+instead of on both sides of the depthwise convolution, where the map is
+``mlp_ratio`` times wider.
 """
+import contextlib
 import logging
+from typing import Iterator, Tuple
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
+from ...models.wavevit import FFN, map_to_tokens, tokens_to_map
 from .runtime import ExportError
 
 #: ONNX Runtime's operator domain.
@@ -76,6 +87,47 @@ def attention_translations() -> dict:
             perm=[0, 2, 1, 3])
 
     return {torch.ops.aten.scaled_dot_product_attention.default: attention}
+
+
+class ConvolutionFFN(nn.Module):
+    """An :class:`~wavevit_mm.models.wavevit.FFN` computed on the token map:
+    its Linear layers as 1x1 convolutions of the same weights around the
+    depthwise one, the GELU between them, (B, N, C) tokens in and out.
+
+    ONNX Runtime's CPU convolves in a blocked NCHWc layout and reorders
+    every tensor that enters or leaves a run of the operators it knows in
+    that layout (convolutions, its ``Gelu``, elementwise sums); exported as
+    written, the depthwise convolution alone is such a run, and both of
+    its hidden maps are reordered. Here the run is the whole FFN.
+    """
+
+    def __init__(self, ffn: FFN) -> None:
+        super().__init__()
+        self.ffn = ffn
+
+    def forward(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
+        ffn = self.ffn
+        x = tokens_to_map(x, hw)                           # (B, C, H, W)
+        x = F.conv2d(x, ffn.fc1.weight[..., None, None], ffn.fc1.bias)
+        x = ffn.act(ffn.dwconv(x))                         # (B, hidden, H, W)
+        x = F.conv2d(x, ffn.fc2.weight[..., None, None], ffn.fc2.bias)
+        return map_to_tokens(x)                            # (B, N, C)
+
+
+@contextlib.contextmanager
+def convolution_ffns(module: nn.Module) -> Iterator[None]:
+    """Each FFN inside ``module`` replaced by its :class:`ConvolutionFFN`
+    (sharing its parameters) in the block, put back afterwards."""
+    replaced = [(parent, name, child) for parent in module.modules()
+                for name, child in parent.named_children()
+                if isinstance(child, FFN)]
+    for parent, name, child in replaced:
+        setattr(parent, name, ConvolutionFFN(child))
+    try:
+        yield
+    finally:
+        for parent, name, child in replaced:
+            setattr(parent, name, child)
 
 
 def fuse_patterns(model_proto):

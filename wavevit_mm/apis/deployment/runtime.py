@@ -34,19 +34,26 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def onnx_session(path: str, threads: Optional[int] = None):
-    """An ONNX Runtime session on ``path`` with every graph optimisation,
-    on the GPU where onnxruntime-gpu offers one, else the CPU with
-    ``threads`` (torch's thread count by default)."""
+def session_options(threads: Optional[int] = None):
+    """The options of every session here: every graph optimisation,
+    ``threads`` CPU threads (torch's thread count by default)."""
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.log_severity_level = 3
+    return options
+
+
+def onnx_session(path: str, threads: Optional[int] = None):
+    """An ONNX Runtime session on ``path`` with :func:`session_options`,
+    on the GPU where onnxruntime-gpu offers one, else the CPU."""
+    ort = import_onnxruntime()
     providers = [p for p in ('CUDAExecutionProvider', 'CPUExecutionProvider')
                  if p in ort.get_available_providers()]
-    return ort.InferenceSession(path, options, providers=providers)
+    return ort.InferenceSession(path, session_options(threads),
+                                providers=providers)
 
 
 def run_session(session, x: Tensor) -> List[Tensor]:
