@@ -7,8 +7,11 @@ import threading
 import pytest
 
 # helpers shared by the tests (helpers, official_layout, toy_runs) import
-# as top-level modules
+# as top-level modules, and so does the benchmark's rig (benchmarking),
+# whose official formulation is the tests' reference network
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'tools', 'analysis_tools'))
 
 
 @pytest.fixture(scope='session')

@@ -7,11 +7,14 @@ are written down from the official ``classification/wavevit.py`` model
 (``patch_embed{i}``, ``block{i}.{j}``, ``norm{i}``, the float16 DWT/IDWT
 filter buffers, ``post_network``, ``head``, ``aux_head``), each beside the
 name this package's backbone gives it (``stages.{i}.downsample``,
-``stages.{i}.blocks.{j}``, ``stages.{i}.norm``); the forward pass uses
-pytorch_wavelets for the transforms and explicit softmax attention; the
-classifier's head (class-attention block, norm4, ``head`` and
-``aux_head`` combined as the official code does at test time) and the
-official evaluation transform (PIL) are written the same way.
+``stages.{i}.blocks.{j}``, ``stages.{i}.norm``). The forward pass, the
+stages and the classifier's head (class-attention block, norm4, ``head``
+and ``aux_head`` combined as the official code does at test time), is the
+benchmark's official formulation (``benchmarking.official_formulation``,
+beside tools/analysis_tools/benchmark.py, which imports nothing from the
+package either) run in float64: convolutional Haar transforms, which the
+tests hold against pytorch_wavelets, and explicit softmax attention. The
+official evaluation transform (PIL) is written here.
 """
 import math
 from collections import OrderedDict
@@ -19,8 +22,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pywt
 import torch
-import torch.nn.functional as F
-from pytorch_wavelets import DWTForward, DWTInverse
+from benchmarking.official_formulation import classify, forward_stages
 from torch import Tensor
 
 ARCHS = {
@@ -180,112 +182,9 @@ def backbone_names(arch) -> 'OrderedDict[str, Optional[str]]':
 
 
 # ---------------------------------------------------------------- forward
-
-def _ln(x, sd, name, eps):
-    return F.layer_norm(x, x.shape[-1:], sd[f'{name}.weight'],
-                        sd[f'{name}.bias'], eps)
-
-
-def _bn(x, sd, name):
-    return F.batch_norm(x, sd[f'{name}.running_mean'],
-                        sd[f'{name}.running_var'], sd[f'{name}.weight'],
-                        sd[f'{name}.bias'], training=False, eps=1e-5)
-
-
-def _lin(x, sd, name):
-    return F.linear(x, sd[f'{name}.weight'], sd[f'{name}.bias'])
-
-
-def _softmax_attention(q, k, v, heads):
-    """q: (B, N, C), k/v: (B, M, C) -> (B, N, C), explicit softmax."""
-    b, n, c = q.shape
-    d = c // heads
-    q = q.reshape(b, n, heads, d).permute(0, 2, 1, 3)
-    k = k.reshape(b, -1, heads, d).permute(0, 2, 1, 3)
-    v = v.reshape(b, -1, heads, d).permute(0, 2, 1, 3)
-    attn = (q @ k.transpose(-2, -1)) * d ** -0.5
-    return (attn.softmax(-1) @ v).permute(0, 2, 1, 3).reshape(b, n, c)
-
-
-def _ffn(x, sd, b, h, w):
-    x = _lin(x, sd, f'{b}.mlp.fc1')
-    bsz, n, c = x.shape
-    x = x.transpose(1, 2).reshape(bsz, c, h, w)
-    x = F.conv2d(x, sd[f'{b}.mlp.dwconv.dwconv.weight'],
-                 sd[f'{b}.mlp.dwconv.dwconv.bias'], padding=1, groups=c)
-    x = F.gelu(x.reshape(bsz, c, n).transpose(1, 2))
-    return _lin(x, sd, f'{b}.mlp.fc2')
-
-
-def _wave_attention(x, sd, b, h, w, heads, sr, dwt, idwt):
-    bsz, n, c = x.shape
-    q = _lin(x, sd, f'{b}.attn.q')
-    y = x.transpose(1, 2).reshape(bsz, c, h, w)
-    y = F.conv2d(y, sd[f'{b}.attn.reduce.0.weight'],
-                 sd[f'{b}.attn.reduce.0.bias'])
-    y = F.relu(_bn(y, sd, f'{b}.attn.reduce.1'))
-    low, (high, ) = dwt(y)
-    y = torch.cat([low] + [high[:, :, k] for k in range(3)], dim=1)
-    y = F.conv2d(y, sd[f'{b}.attn.filter.0.weight'],
-                 sd[f'{b}.attn.filter.0.bias'], padding=1)
-    y = F.relu(_bn(y, sd, f'{b}.attn.filter.1'))
-    quarter = c // 4
-    local = idwt((y[:, :quarter], [torch.stack(
-        [y[:, quarter * (k + 1):quarter * (k + 2)] for k in range(3)],
-        dim=2)]))
-    local = local.reshape(bsz, quarter, h * w).transpose(1, 2)
-    kv = F.conv2d(y, sd[f'{b}.attn.kv_embed.weight'],
-                  sd[f'{b}.attn.kv_embed.bias'], stride=sr)
-    kv = kv.reshape(bsz, c, -1).transpose(1, 2)
-    kv = _lin(_ln(kv, sd, f'{b}.attn.kv.0', 1e-5), sd, f'{b}.attn.kv.1')
-    out = _softmax_attention(q, kv[..., :c], kv[..., c:], heads)
-    return _lin(torch.cat([out, local], dim=-1), sd, f'{b}.attn.proj')
-
-
-def _global_attention(x, sd, b, heads):
-    c = x.shape[-1]
-    q = _lin(x, sd, f'{b}.attn.q')
-    kv = _lin(x, sd, f'{b}.attn.kv')
-    return _lin(_softmax_attention(q, kv[..., :c], kv[..., c:], heads), sd,
-                f'{b}.attn.proj')
-
-
-def _stages(sd: Dict[str, Tensor], cfg, image: Tensor
-            ) -> Tuple[List[Tensor], Tensor]:
-    """The official ``forward_tokens`` in float64: the four (B, C, H, W)
-    stage outputs after norm1..norm4, and the last stage's (B, N, C)
-    tokens before norm4 (which the classifier applies later)."""
-    dwt = DWTForward(J=1, wave='haar', mode='zero').double()
-    idwt = DWTInverse(wave='haar', mode='zero').double()
-    x = image.double()
-    outs = []
-    for i in range(4):
-        if i == 0:
-            for k, stride in ((0, 2), (3, 1), (6, 1)):
-                wgt = sd[f'patch_embed1.conv.{k}.weight']
-                x = F.conv2d(x, wgt, stride=stride, padding=wgt.shape[-1] // 2)
-                x = F.relu(_bn(x, sd, f'patch_embed1.conv.{k + 1}'))
-        x = F.conv2d(x, sd[f'patch_embed{i + 1}.proj.weight'],
-                     sd[f'patch_embed{i + 1}.proj.bias'], stride=2, padding=1)
-        bsz, c, h, w = x.shape
-        x = _ln(x.flatten(2).transpose(1, 2), sd, f'patch_embed{i + 1}.norm',
-                1e-5)
-        for j in range(cfg['depths'][i]):
-            b = f'block{i + 1}.{j}'
-            y = _ln(x, sd, f'{b}.norm1', 1e-6)
-            if i < 2:
-                y = _wave_attention(y, sd, b, h, w, cfg['heads'][i],
-                                    cfg['sr'][i], dwt, idwt)
-            else:
-                y = _global_attention(y, sd, b, cfg['heads'][i])
-            x = x + y
-            x = x + _ffn(_ln(x, sd, f'{b}.norm2', 1e-6), sd, b, h, w)
-        tokens = x
-        x = _ln(x, sd, f'norm{i + 1}', 1e-6)
-        x = x.transpose(1, 2).reshape(bsz, c, h, w)
-        outs.append(x)
-    return outs, tokens
-
+# The network itself is the benchmark's official formulation
+# (tools/analysis_tools/benchmarking/official_formulation.py), run here in
+# float64.
 
 def _double(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return {k: v.double() if v.is_floating_point() else v
@@ -296,10 +195,11 @@ def _double(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
 def official_stage_outputs(sd: Dict[str, Tensor], arch, image: Tensor
                            ) -> List[Tensor]:
     """The four (B, C, H, W) stage outputs (after norm1..norm4) of the
-    official network with weights ``sd`` in eval mode; sizes divisible by
-    32 as the official code requires."""
+    official network with weights ``sd`` in eval mode, float64; any size
+    (an odd map is zero-padded at the bottom/right before each DWT and the
+    inverse cropped back, as the backbone documents)."""
     cfg = ARCHS[arch] if isinstance(arch, str) else arch
-    return _stages(_double(sd), cfg, image)[0]
+    return forward_stages(_double(sd), cfg['heads'], image.double())[0]
 
 
 # ------------------------------------------------------- classification
@@ -343,22 +243,6 @@ def classifier_state_dict(arch, seed: int = 0, num_classes: int = 1000
             for key, ours in classifier_names(arch).items() if ours}
 
 
-def _class_block(x, sd, heads):
-    """CaiT's class attention block of ``post_network.0``: the first token
-    attends to all, then its MLP; the other tokens are left as they are."""
-    p = 'post_network.0'
-    c = x.shape[-1]
-    y = _ln(x, sd, f'{p}.norm1', 1e-6)
-    q = _lin(y[:, :1], sd, f'{p}.attn.q')
-    kv = _lin(y, sd, f'{p}.attn.kv')
-    cls = x[:, :1] + _lin(_softmax_attention(q, kv[..., :c], kv[..., c:],
-                                             heads), sd, f'{p}.attn.proj')
-    hidden = F.gelu(_lin(_ln(cls, sd, f'{p}.norm2', 1e-6), sd,
-                         f'{p}.mlp.fc1'))
-    cls = cls + _lin(hidden, sd, f'{p}.mlp.fc2')
-    return torch.cat([cls, x[:, 1:]], dim=1)
-
-
 @torch.no_grad()
 def official_logits(sd: Dict[str, Tensor], arch, image: Tensor) -> Tensor:
     """The official classifier's eval-mode output (``token_label=True``):
@@ -367,11 +251,8 @@ def official_logits(sd: Dict[str, Tensor], arch, image: Tensor) -> Tensor:
     (B, num_classes), float64."""
     cfg = ARCHS[arch] if isinstance(arch, str) else arch
     sd = _double(sd)
-    tokens = _stages(sd, cfg, image)[1]
-    x = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
-    x = _ln(_class_block(x, sd, cfg['heads'][-1]), sd, 'norm4', 1e-6)
-    aux = _lin(x[:, 1:], sd, 'aux_head').max(dim=1).values
-    return _lin(x[:, 0], sd, 'head') + 0.5 * aux
+    tokens = forward_stages(sd, cfg['heads'], image.double())[1]
+    return classify(sd, cfg['heads'], tokens)
 
 
 def official_eval_input(image, size: int) -> Tensor:
