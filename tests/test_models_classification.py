@@ -87,6 +87,23 @@ def test_official_file_gives_official_logits(arch, size, official_files,
     assert difference < TOLERANCE
 
 
+@pytest.mark.parametrize('size', [(33, 47), (97, 131)])
+def test_odd_sizes_give_the_reference_networks_logits(size, official_files):
+    """At sizes the official code cannot take, the whole classifier gives
+    the reference network's logits (float64 both; odd maps zero-padded at
+    the bottom/right before each DWT, the inverse cropped)."""
+    model = get_model(Config.fromfile(config_path('s')),
+                      pretrained=official_files['s']).double().eval()
+    image = torch.randn(1, 3, *size, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = model(image, mode='tensor')
+    want = official_logits(official_state_dict('s', seed=SEEDS['s']), 's',
+                           image)
+    assert got.shape == want.shape == (1, 1000)
+    assert relative_difference(got, want) < 1e-9
+
+
 def test_logit_check_sees_another_combination_or_transform(
         official_files, picture):
     """The oracle tells the official test-time combination and evaluation
