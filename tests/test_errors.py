@@ -50,7 +50,16 @@ def test_user_errors_exit_1_with_one_line_on_stderr(error, capsys):
 @pytest.mark.parametrize('error', [RuntimeError('bug'), KeyError('k'),
                                    ValueError('not ours'),
                                    KeyboardInterrupt()])
-def test_other_exceptions_keep_their_traceback(error):
-    with pytest.raises(type(error)):
+def test_other_exceptions_keep_their_traceback(error, capsys):
+    """The exception itself goes through, its traceback down to the line
+    that raised it, and nothing is written in its place."""
+    def buggy():
+        raise error
+
+    with pytest.raises(type(error)) as raised:
         with report_errors('train.py'):
-            raise error
+            buggy()
+    assert raised.value is error
+    assert raised.traceback[-1].name == 'buggy'
+    assert 'raise error' in str(raised.traceback[-1].statement)
+    assert capsys.readouterr().err == ''
