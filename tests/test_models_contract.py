@@ -18,7 +18,7 @@ from torch.nn.utils import parametrizations, prune
 
 from helpers import TINY
 from wavevit_mm import WaveViT
-from wavevit_mm.errors import ConfigError
+from wavevit_mm.errors import CheckpointError, ConfigError
 
 LAYERS = (nn.Conv2d, nn.Linear, nn.LayerNorm, _BatchNorm)
 
@@ -203,6 +203,30 @@ def test_pretrained_loads_strictly_wherever_it_stands(weights_file,
         assert torch.equal(own[name], value), name
 
 
+@pytest.mark.parametrize('damage,problem', [
+    ('missing', '1 backbone weights are missing from the file (e.g. '
+     'stages.0.norm.weight)'),
+    ('extra', '1 are not in the backbone (e.g. stages.0.norm.extra)')])
+def test_pretrained_refuses_a_file_with_a_missing_or_extra_key(
+        weights_file, tmp_path, damage, problem):
+    """Strictly: one key too few or too many and nothing loads; the
+    refusal names the key."""
+    _, weights = weights_file
+    state_dict = {f'backbone.{k}': v for k, v in weights.items()}
+    if damage == 'missing':
+        del state_dict['backbone.stages.0.norm.weight']
+    else:
+        state_dict['backbone.stages.0.norm.extra'] = torch.zeros(16)
+    path = str(tmp_path / f'{damage}.pth')
+    torch.save(dict(state_dict=state_dict), path)
+    model = WaveViT(TINY, init_cfg=dict(type='Pretrained', checkpoint=path))
+    with pytest.raises(CheckpointError) as error:
+        model.init_weights()
+    message = str(error.value)
+    assert path in message and problem in message
+    assert 'Nothing was loaded' in message
+
+
 def test_pretrained_file_that_does_not_exist_is_an_error(tmp_path):
     """mmseg test_mit.py::test_mit_init ('Test loading a checkpoint from an
     non-existent file' raises OSError): never silently random."""
@@ -314,10 +338,9 @@ def test_copies_keep_weights_and_settings(compile):
     own = model.state_dict()
     for duplicate in copies:
         assert duplicate.out_indices == (1, 3)
-        assert duplicate.compile_options == (
+        assert duplicate.stage_runner.options == (
             {} if compile else None)
-        assert (duplicate._run_stages is WaveViT._forward_stages) \
-            is (not compile)
+        assert duplicate.stage_runner.compiled is None
         for name, value in duplicate.state_dict().items():
             assert torch.equal(own[name], value), name
 
@@ -329,7 +352,7 @@ def test_copy_of_a_compiled_model_computes_the_same():
     test quick; the compiled backbone's own tests use inductor)."""
     model = tiny(compile=dict(backend='eager')).eval()
     duplicate = pickle.loads(pickle.dumps(model))
-    assert duplicate.compile_options == dict(backend='eager')
+    assert duplicate.stage_runner.options == dict(backend='eager')
     want = outputs(tiny().eval(), image())
     assert_same_outputs(outputs(duplicate, image()), want)
     assert_same_outputs(outputs(model, image()), want)
