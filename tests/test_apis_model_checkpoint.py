@@ -1,4 +1,4 @@
-"""wavevit_mm.apis.model_checkpoint: the checkpoint of a whole model
+"""wavevit_mm.apis.check_fits: the checkpoint of a whole model
 (tools/test.py, tools/image_demo.py) must fit the model built from the
 config; when it does not, the error says what the file holds."""
 import pytest
@@ -7,7 +7,7 @@ from torch import nn
 
 from helpers import TINY, official, save
 from wavevit_mm import WaveViT
-from wavevit_mm.apis import check_model_fits, read_model_weights
+from wavevit_mm.apis import check_fits, read_model_weights
 from wavevit_mm.checkpoint import CheckpointError
 
 
@@ -25,11 +25,17 @@ def whole_model_weights(backbone):
 
 
 def test_checkpoint_of_the_same_model_fits(tmp_path):
+    """The file's weights are read as saved (every key, every value) and
+    fit the model."""
     model = Detector()
-    path = save(tmp_path, dict(state_dict=model.state_dict(), meta={}))
-    weights = read_model_weights(path)
-    check_model_fits(weights, model, path)
-    assert set(weights) == set(model.state_dict())
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    path = save(tmp_path, dict(state_dict=saved, meta={}))
+    weights, _ = read_model_weights(path)
+    check_fits(weights, model, path)
+    assert set(weights) == set(saved)
+    for key, value in saved.items():
+        assert weights[key].dtype == value.dtype, key
+        assert torch.equal(weights[key], value), key
 
 
 @pytest.mark.parametrize('weights,note', [
@@ -49,7 +55,7 @@ def test_checkpoint_of_the_same_model_fits(tmp_path):
 ], ids=['other_arch', 'other_backbone', 'backbone_only', 'no_backbone'])
 def test_checkpoint_that_does_not_fit_says_what_it_holds(weights, note):
     with pytest.raises(CheckpointError) as error:
-        check_model_fits(weights(), Detector(), 'model.pth')
+        check_fits(weights(), Detector(), 'model.pth')
     message = str(error.value)
     assert message.startswith('model.pth does not fit the model built from '
                               'the config: ')
