@@ -73,7 +73,8 @@ def make_runner(work_dir, max_epochs=3, seed_hook=True, model=None,
             sampler=dict(type='DefaultSampler', shuffle=True),
             collate_fn=dict(type='default_collate')),
         train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01,
+                                          momentum=0.9)),
         default_hooks=dict(checkpoint=dict(
             type='AtomicCheckpointHook', interval=1,
             max_keep_ckpts=max_keep_ckpts)),
@@ -95,19 +96,44 @@ def last_checkpoint(work_dir):
 
 
 def interrupted_then_resumed(tmp_path, seed_hook):
-    """Weights of a 3-epoch run stopped after epoch 1 and resumed."""
+    """The last checkpoint of a 3-epoch run stopped after epoch 1 and
+    resumed."""
     work_dir = tmp_path / f'resumed_{seed_hook}'
     train(make_runner(work_dir, max_epochs=1, seed_hook=seed_hook))
     train(make_runner(work_dir, seed_hook=seed_hook, resume=True,
                       load_from=find_resume_checkpoint(str(work_dir))))
-    return weights(work_dir / 'epoch_3.pth')
+    return load_checkpoint(str(work_dir / 'epoch_3.pth'))
+
+
+def logged(checkpoint, name):
+    """The values of ``name`` logged at every iteration (the message hub's
+    history, which a resumed run continues)."""
+    return checkpoint['message_hub']['log_scalars'][name].data[0]
 
 
 def test_resumed_run_repeats_the_uninterrupted_run_exactly(tmp_path):
+    """The same weights, the same loss and learning rate logged at each of
+    the 12 iterations, the same optimizer state."""
     train(make_runner(tmp_path / 'whole'))
-    whole = weights(tmp_path / 'whole' / 'epoch_3.pth')
+    whole = load_checkpoint(str(tmp_path / 'whole' / 'epoch_3.pth'))
     resumed = interrupted_then_resumed(tmp_path, seed_hook=True)
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert whole['state_dict'].keys() == resumed['state_dict'].keys()
+    assert all(torch.equal(whole['state_dict'][k], resumed['state_dict'][k])
+               for k in whole['state_dict'])
+    for name in ('train/loss', 'train/lr'):
+        assert len(logged(whole, name)) == 12
+        np.testing.assert_array_equal(logged(resumed, name),
+                                      logged(whole, name))
+    assert len(set(logged(whole, 'train/loss'))) == 12  # a real history
+    # SGD's momentum buffers, one per parameter in the loss
+    state = whole['optimizer']['state']
+    assert len(state) == 2
+    assert resumed['optimizer']['param_groups'] == \
+        whole['optimizer']['param_groups']
+    assert resumed['optimizer']['state'].keys() == state.keys()
+    assert all(torch.equal(resumed['optimizer']['state'][k]['momentum_buffer'],
+                           state[k]['momentum_buffer']) for k in state)
+    assert resumed['meta']['iter'] == whole['meta']['iter'] == 12
 
 
 def test_without_reseeding_a_resumed_run_draws_other_numbers(tmp_path):
@@ -115,7 +141,8 @@ def test_without_reseeding_a_resumed_run_draws_other_numbers(tmp_path):
     train(make_runner(tmp_path / 'whole', seed_hook=False))
     whole = weights(tmp_path / 'whole' / 'epoch_3.pth')
     resumed = interrupted_then_resumed(tmp_path, seed_hook=False)
-    assert not torch.equal(whole['linear.weight'], resumed['linear.weight'])
+    assert not torch.equal(whole['linear.weight'],
+                           resumed['state_dict']['linear.weight'])
 
 
 def test_keeps_max_keep_ckpts_newest_and_points_to_the_last(tmp_path):
