@@ -5,6 +5,7 @@ paragraph on stderr and exit status 1; odd but valid input just works.
 """
 import json
 import os
+import pickle
 import shutil
 import sys
 import textwrap
@@ -403,9 +404,16 @@ def test_image_without_annotations_is_skipped_in_training_only(
                                           map(train.get_data_info,
                                               range(len(train)))}
     assert len(val) == 5
+    out = tmp_path / 'predictions.pkl'
     result = run_tool('test.py', [DET_CONFIG, toy_checkpoints['det'],
-                                  '--work-dir', tmp_path], own_workspace)
+                                  '--work-dir', tmp_path, '--out', out],
+                      own_workspace)
     assert result.code == 0, result.stderr
+    # every validation image predicted and evaluated, the new one included
+    with open(out, 'rb') as file:
+        predictions = pickle.load(file)  # written by this test's run
+    assert len(predictions) == 5
+    assert 99 in {p['img_id'] for p in predictions}
 
 
 def test_annotations_of_unknown_categories_are_ignored(own_workspace):
