@@ -3,12 +3,13 @@ finishes within seconds) or as a process of their own."""
 import contextlib
 import io
 import os
+import re
 import runpy
 import signal
 import subprocess
 import sys
 import threading
-from typing import List, NamedTuple, Sequence
+from typing import Dict, List, NamedTuple, Sequence
 
 from helpers import ROOT
 
@@ -87,3 +88,13 @@ def kill_when_logged(args: List[str], cwd: str, marker: str,
     assert killed_at and process.wait() == -signal.SIGKILL, (
         f'{marker!r} was never printed')
     return killed_at
+
+
+def final_metrics(output: str, mode: str) -> Dict[str, str]:
+    """The metrics of the last validation or test (``mode``) a run logged:
+    name -> value as printed (COCO's, mmseg's aAcc, mIoU and mAcc)."""
+    found = [dict(re.findall(r'(coco/\w+|aAcc|mIoU|mAcc): (-?[\d.]+)', line))
+             for line in re.findall(rf'(?:Epoch|Iter)\({mode}\).*', output)]
+    found = [metrics for metrics in found if metrics]
+    assert found, f'no {mode} metrics logged: {output[-3000:]}'
+    return found[-1]
