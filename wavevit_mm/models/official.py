@@ -14,8 +14,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from torch import Tensor
 
-NUM_STAGES = 4
-
 # Official classification layout -> this package's module names.
 OFFICIAL_RENAMES = (
     (re.compile(r'^patch_embed(\d)\.'),
@@ -37,14 +35,16 @@ OFFICIAL_DROPPED = {
         DERIVED_BUFFERS,
 }
 # The official classifier after the stages -> ``WaveViTClsHead`` (under
-# ``head.``): its class-attention block, the last stage's norm (applied
-# after that block) and the two linear heads.
+# ``head.``): its class-attention block, the norm of its fourth and last
+# stage (applied after that block) and the two linear heads.
 OFFICIAL_HEAD_RENAMES = (
     (re.compile(r'^post_network\.0\.'), 'class_block.'),
-    (re.compile(rf'^norm{NUM_STAGES}\.'), 'norm.'),
+    (re.compile(r'^norm4\.'), 'norm.'),
     (re.compile(r'^head\.'), 'fc.'),
     (re.compile(r'^aux_head\.'), 'aux_fc.'),
 )
+# The stage index of a backbone key.
+STAGE_KEY = re.compile(r'^stages\.(\d+)\.')
 # A key only the whole classifier has.
 CLASSIFIER_KEY = 'head.class_block.attn.q.weight'
 # Keys only a Wave-ViT backbone has: its stem and its attention queries.
@@ -123,12 +123,14 @@ def entry_label(key: str) -> str:
 # ------------------------------------------------------- arch from shapes
 
 def arch_signature(state_dict: Dict[str, Tensor]) -> Dict[str, Any]:
-    """Stem width, embed dims and depths read off backbone weight shapes
-    (``None`` / 0 where the weights are absent)."""
+    """Stem width, embed dims and depths read off backbone weight shapes,
+    for as many stages as the keys name (``None`` / 0 where the weights of
+    a stage are absent)."""
     stem = state_dict.get('stages.0.downsample.conv.0.weight')
     dims: List[Optional[int]] = []
     depths: List[int] = []
-    for i in range(NUM_STAGES):
+    stages = [int(m[1]) for m in map(STAGE_KEY.match, state_dict) if m]
+    for i in range(max(stages, default=-1) + 1):
         # the last stage of a classifier's backbone has no norm of its own
         norm = state_dict.get(f'stages.{i}.norm.weight')
         if norm is None:

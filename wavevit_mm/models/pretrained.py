@@ -23,7 +23,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from mmengine.logging import MMLogger
 from torch import Tensor, nn
 
 from ..checkpoint import (CheckpointError, fit_problems, is_state_dict,
@@ -302,27 +301,17 @@ def read_model_weights(filename: str, prefix: Optional[str] = None,
     return state_dict, meta
 
 
-def load_strictly(model: nn.Module, filename: str,
-                  prefix: Optional[str] = None,
-                  trusted: bool = False) -> LoadReport:
-    """Load backbone weights into ``model`` (a WaveViT) all or nothing."""
+def load_pretrained(model: nn.Module, filename: str,
+                    prefix: Optional[str] = None,
+                    trusted: bool = False) -> LoadReport:
+    """Load backbone weights into ``model`` (a WaveViT) all or nothing, from
+    any supported file (official, converted, whole mmdet/mmseg model;
+    ``.pth`` or ``.safetensors``; a path or a URL); returns what was read
+    and dropped (:func:`format_summary` says it). A missing or mis-shaped
+    weight is an error, never a silent fall-back to random initialisation.
+    """
     state_dict, report = read_backbone_weights(
         filename, type(model).arch_zoo, prefix, trusted)
     check_fits(state_dict, model, report.filename)
     model.load_state_dict(state_dict, strict=True)
-    return report
-
-
-def load_pretrained(model: nn.Module, filename: str,
-                    prefix: Optional[str] = None,
-                    trusted: bool = False) -> LoadReport:
-    """Load backbone weights strictly and log a summary.
-
-    Any supported file works (official, converted, whole mmdet/mmseg
-    model; ``.pth`` or ``.safetensors``; a path or a URL). A missing or
-    mis-shaped weight is an error, never a silent fall-back to random
-    initialisation.
-    """
-    report = load_strictly(model, filename, prefix, trusted)
-    MMLogger.get_current_instance().info(format_summary(report))
     return report

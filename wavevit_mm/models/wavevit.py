@@ -7,28 +7,30 @@ The network, bottom-up: FFN -> Attention / WaveletAttention -> Block ->
 Stem / Downsample -> Stage -> WaveViT, then the arch presets. Tokens travel
 as (B, N, C) sequences with the spatial size (H, W) passed alongside; a
 (B, N, C) sequence seen as (B, C, H, W) is a channels-last view, so the
-convolutions inside the blocks need no copies.
+convolutions inside the blocks need no copies. How it runs fast (weight
+layouts, checkpointing, compiling) is in :mod:`.runtime`.
 """
-import contextlib
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
+from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import (constant_init, initialize,
                                         trunc_normal_init)
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .. import compat
 from ..ops import DWT2D, IDWT2D
+from . import runtime
 from .init_cfg import check_init_cfg, split_init_cfg
-from .official import NUM_STAGES
-from .pretrained import load_pretrained
+from .pretrained import format_summary, load_pretrained
 
+#: Wave-ViT has four stages; the first two use wavelet attention.
+NUM_STAGES = 4
+NUM_WAVELET_STAGES = 2
 # LayerNorm eps of the official implementation: 1e-6 in the blocks and after
 # each stage, PyTorch's default 1e-5 after the stem/downsampling convolutions
 # and before the wavelet attention's key/value projection.
@@ -37,12 +39,8 @@ EMBED_NORM_EPS = 1e-5
 
 
 def tokens_to_map(x: Tensor, hw: Tuple[int, int]) -> Tensor:
-    """(B, N, C) -> (B, C, H, W), a channels-last view without copying.
-
-    Split, then permuted: the strides are the canonical channels-last ones
-    even for B = 1, which is what the convolution libraries read to keep
-    the channels-last layout.
-    """
+    """(B, N, C) -> (B, C, H, W), a channels-last view without copying
+    (split, then permuted: canonical channels-last strides even for B=1)."""
     return x.unflatten(1, hw).permute(0, 3, 1, 2)
 
 
@@ -51,47 +49,10 @@ def map_to_tokens(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).flatten(1, 2)
 
 
-def channels_last_weights(module: nn.Module) -> None:
-    """Give the depthwise and 1x1 convolution weights of ``module``
-    channels-last strides.
-
-    For these kernels both layouts are "contiguous" (``is_contiguous()``
-    holds and ``view(-1)`` works, so pruning, ``fuse_conv_bn`` and
-    parametrizations see an ordinary weight), but the strides are what
-    oneDNN and cuDNN read when they choose a layout: with channels-last
-    strides they convolve the channels-last token maps in place of first
-    copying them to NCHW (which costs more than the depthwise convolution
-    itself), and their output is again channels-last, a free (B, N, C)
-    token view. Dense kernels stay NCHW, as everywhere in PyTorch: the
-    backends reorder them per call, which costs a copy of the weight,
-    not of the activation. Loading a state dict copies into these
-    layouts, and ``.to()``/``.half()`` keep them.
-    """
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d) and (
-                m.groups == m.in_channels or m.kernel_size == (1, 1)):
-            m.weight = nn.Parameter(
-                m.weight.detach().to(memory_format=torch.channels_last),
-                requires_grad=m.weight.requires_grad)
-
-
-class GELU(nn.GELU):
-    """``nn.GELU`` that overwrites its input where no gradient flows, so
-    inference keeps one copy of the FFN's largest activation, not two."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            return super().forward(x)
-        return torch.ops.aten.gelu_(x, approximate=self.approximate)
-
-
 def attend(q: Tensor, k: Tensor, v: Tensor, fused: bool = True) -> Tensor:
-    """softmax(q k^T / sqrt(d)) v over (B, heads, N, d) tensors.
-
-    ``fused`` uses ``F.scaled_dot_product_attention``, which never keeps the
-    (N, M) attention matrix; the explicit form is the official formulation
-    (scores scaled after the product), kept for inspection and comparison.
-    """
+    """softmax(q k^T / sqrt(d)) v over (B, heads, N, d) tensors; ``fused``:
+    ``F.scaled_dot_product_attention``, which keeps no (N, M) matrix, else
+    the official formulation (scores scaled after the product)."""
     if fused:
         return F.scaled_dot_product_attention(q, k, v)
     attn = (q @ k.transpose(-2, -1)) * q.shape[-1]**-0.5
@@ -99,14 +60,20 @@ def attend(q: Tensor, k: Tensor, v: Tensor, fused: bool = True) -> Tensor:
 
 
 class FFN(nn.Module):
-    """PVTv2 feed-forward: Linear -> depthwise 3x3 conv -> GELU -> Linear."""
+    """PVTv2's feed-forward: Linear -> depthwise 3x3 conv -> GELU -> Linear.
+    The depthwise convolution gives every token its neighbours' positions.
+
+    Args:
+        dim (int): The token feature dimension.
+        hidden_dim (int): The hidden dimension (``dim * mlp_ratio``).
+    """
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.dwconv = nn.Conv2d(
             hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
-        self.act = GELU()
+        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
@@ -116,13 +83,19 @@ class FFN(nn.Module):
 
 
 class Attention(nn.Module):
-    """Global multi-head self-attention (Wave-ViT stages 3 and 4)."""
+    """Global multi-head self-attention, in stages 3 and 4: their maps are
+    small enough (stride 16 and 32) for every token to attend to all.
+
+    Args:
+        dim (int): The token feature dimension.
+        num_heads (int): The number of attention heads.
+        fused_attn (bool): Fused attention (:func:`attend`). Default: True.
+    """
 
     def __init__(self, dim: int, num_heads: int, fused_attn: bool = True
                  ) -> None:
         super().__init__()
-        self.num_heads = num_heads
-        self.fused_attn = fused_attn
+        self.num_heads, self.fused_attn = num_heads, fused_attn
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, dim * 2)
         self.proj = nn.Linear(dim, dim)
@@ -138,23 +111,25 @@ class Attention(nn.Module):
 
 
 class WaveletAttention(nn.Module):
-    """Wavelet attention (Wave-ViT stages 1 and 2).
+    """Wavelet attention (stages 1, 2): keys and values from a Haar DWT,
+    downsampled without the information pooling loses; the inverse DWT of
+    the filtered bands adds a full-resolution local branch to the output.
 
-    Keys and values come from a Haar DWT of the (channel-reduced) input, so
-    they are downsampled without the information loss of pooling; an
-    inverse DWT of the same bands gives a full-resolution local branch that
-    is concatenated to the attention output before the projection.
+    Args:
+        dim (int): The token feature dimension (divisible by 4).
+        num_heads (int): The number of attention heads.
+        sr_ratio (int): The stride of the key/value embedding over the
+            wavelet bands, which are already at half resolution.
+        norm_cfg (dict): The norm of the channel reduction and of the band
+            filter. Default: ``dict(type='BN', requires_grad=True)``.
+        fused_attn (bool): Fused attention (:func:`attend`). Default: True.
     """
 
-    def __init__(self,
-                 dim: int,
-                 num_heads: int,
-                 sr_ratio: int,
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int,
                  norm_cfg: Dict = dict(type='BN', requires_grad=True),
                  fused_attn: bool = True) -> None:
         super().__init__()
-        self.num_heads = num_heads
-        self.sr_ratio = sr_ratio
+        self.num_heads, self.sr_ratio = num_heads, sr_ratio
         self.fused_attn = fused_attn
         reduced = dim // 4
         self.q = nn.Linear(dim, dim)
@@ -178,36 +153,46 @@ class WaveletAttention(nn.Module):
         heads, sr = self.num_heads, self.sr_ratio
         q = self.q(x).view(batch, num_tokens, heads, -1).transpose(1, 2)
 
-        reduced = self.reduce(tokens_to_map(x, hw))           # (B, C/4, H, W)
-        bands = self.filter(self.dwt(reduced))                # (B, C, H/2, W/2)
-        local = self.idwt(bands, hw)                          # (B, C/4, H, W)
+        reduced = self.reduce(tokens_to_map(x, hw))          # (B, C/4, H, W)
+        bands = self.filter(self.dwt(reduced))               # (B, C, H/2, W/2)
+        local = self.idwt(bands, hw)                         # (B, C/4, H, W)
 
         # sizes not divisible by 32: pad (by 0 elsewhere) to keep every band
         # pixel; padding by a computed amount, never behind a branch on the
         # size, exports as one graph for every input size
-        bands = F.pad(bands, (0, -bands.shape[3] % sr, 0, -bands.shape[2] % sr))
-        kv = self.kv(map_to_tokens(self.kv_embed(bands)))     # (B, M, 2C)
+        bands = F.pad(bands, (0, -bands.shape[3] % sr,
+                              0, -bands.shape[2] % sr))
+        kv = self.kv(map_to_tokens(self.kv_embed(bands)))    # (B, M, 2C)
         k, v = kv.view(batch, -1, 2, heads, dim // heads).permute(
-            2, 0, 3, 1, 4).unbind(0)                          # (B, heads, M, d)
+            2, 0, 3, 1, 4).unbind(0)                         # (B, heads, M, d)
 
-        x = attend(q, k, v, self.fused_attn)                  # (B, heads, N, d)
+        x = attend(q, k, v, self.fused_attn)                 # (B, heads, N, d)
         x = x.transpose(1, 2).reshape(batch, num_tokens, dim)
         return self.proj(torch.cat([x, map_to_tokens(local)], dim=-1))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), x + mlp(norm2(x))."""
+    """Pre-norm transformer block, x + attn(norm1(x)) then x + mlp(norm2(x)),
+    with wavelet attention in the first stages and global attention later.
 
-    def __init__(self,
-                 dim: int,
-                 num_heads: int,
-                 mlp_ratio: float,
-                 sr_ratio: int,
-                 wavelet: bool,
-                 drop_path: float = 0.,
+    Args:
+        dim (int): The token feature dimension.
+        num_heads (int): The number of attention heads.
+        mlp_ratio (float): The FFN's hidden dimension over ``dim``.
+        sr_ratio (int): The key/value stride of wavelet attention.
+        wavelet (bool): Wavelet attention if True, global attention if not.
+        drop_path (float): The stochastic depth rate. Default: 0.
+        norm_cfg (dict): The norm of the wavelet attention's convolutions.
+            Default: ``dict(type='BN', requires_grad=True)``.
+        with_cp (bool): Recompute the block in the backward pass instead of
+            keeping its activations. Default: False.
+        fused_attn (bool): Fused attention (:func:`attend`). Default: True.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float,
+                 sr_ratio: int, wavelet: bool, drop_path: float = 0.,
                  norm_cfg: Dict = dict(type='BN', requires_grad=True),
-                 with_cp: bool = False,
-                 fused_attn: bool = True) -> None:
+                 with_cp: bool = False, fused_attn: bool = True) -> None:
         super().__init__()
         self.with_cp = with_cp
         self.norm1 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
@@ -216,50 +201,32 @@ class Block(nn.Module):
             if wavelet else Attention(dim, num_heads, fused_attn))
         self.norm2 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
         self.mlp = FFN(dim, int(dim * mlp_ratio))
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = (DropPath(drop_path) if drop_path > 0
+                          else nn.Identity())
 
     def _inner_forward(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), hw))
+        x = x + self.drop_path(self.attn(self.norm1(x), hw))  # (B, N, C)
         return x + self.drop_path(self.mlp(self.norm2(x), hw))
 
     def forward(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
         if self.with_cp and torch.is_grad_enabled() and (
                 x.requires_grad
                 or any(p.requires_grad for p in self.parameters())):
-            if compat.is_compiling():
-                # traced once: the recomputation torch.compile places in
-                # the backward graph updates no BatchNorm statistics
-                return cp.checkpoint(self._inner_forward, x, hw,
-                                     use_reentrant=False)
-            return cp.checkpoint(
-                self._inner_forward, x, hw, use_reentrant=False,
-                context_fn=lambda: (contextlib.nullcontext(),
-                                    _batchnorm_stats_frozen(self)))
+            return runtime.checkpoint(self, self._inner_forward, x, hw)
         return self._inner_forward(x, hw)
 
 
-@contextlib.contextmanager
-def _batchnorm_stats_frozen(module: nn.Module) -> Iterator[None]:
-    """Keep BatchNorm running statistics unchanged while a block is
-    recomputed for activation checkpointing, so ``with_cp`` updates them
-    once per step, exactly as without checkpointing."""
-    norms = [m for m in module.modules()
-             if isinstance(m, _BatchNorm) and m.training
-             and m.track_running_stats]
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, (momentum, tracked) in zip(norms, saved):
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
-
-
 class Stem(nn.Module):
-    """Convolutional stem: 7x7/2 and two 3x3 conv-BN-ReLU, then a 3x3/2
-    projection to the first embedding dim with LayerNorm (stride 4)."""
+    """Convolutional stem, 7x7/2 and two 3x3 conv-BN-ReLU then a 3x3/2
+    projection with LayerNorm (stride 4): local features before attention.
+
+    Args:
+        in_channels (int): The input image channels.
+        stem_width (int): The channels of the three conv-BN-ReLU layers.
+        embed_dim (int): The first stage's token dimension.
+        norm_cfg (dict): The norm after each convolution.
+            Default: ``dict(type='BN', requires_grad=True)``.
+    """
 
     def __init__(self, in_channels: int, stem_width: int, embed_dim: int,
                  norm_cfg: Dict = dict(type='BN', requires_grad=True)
@@ -279,12 +246,20 @@ class Stem(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=EMBED_NORM_EPS)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        x = self.proj(self.conv(x.contiguous(memory_format=torch.channels_last)))
+        # channels-last from here on: the tokens are views of the maps
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = self.proj(self.conv(x))                    # (B, C, H/4, W/4)
         return self.norm(map_to_tokens(x)), (x.shape[2], x.shape[3])
 
 
 class Downsample(nn.Module):
-    """3x3/2 convolution to the next stage's dim, then LayerNorm."""
+    """Overlapping 3x3/2 convolution to the next stage's dimension, then
+    LayerNorm: each stage halves the resolution, as in a CNN pyramid.
+
+    Args:
+        in_dim (int): The previous stage's token dimension.
+        out_dim (int): This stage's token dimension.
+    """
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -292,15 +267,20 @@ class Downsample(nn.Module):
         self.norm = nn.LayerNorm(out_dim, eps=EMBED_NORM_EPS)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        x = self.proj(x)
+        x = self.proj(x)                               # (B, C, H/2, W/2)
         return self.norm(map_to_tokens(x)), (x.shape[2], x.shape[3])
 
 
 class Stage(nn.Module):
-    """Downsampling (the stem for stage 1), blocks, then a LayerNorm
-    (none with ``norm=False``).
+    """One level of the pyramid: downsampling (the stem for stage 1), the
+    blocks at that resolution, then a LayerNorm before the map leaves.
 
-    (B, C_in, H_in, W_in) map -> (B, C, H, W) map, H = ceil(H_in / 2).
+    Args:
+        downsample (nn.Module): :class:`Stem` or :class:`Downsample`.
+        blocks (Sequence[Block]): The stage's blocks.
+        dim (int): The stage's token dimension.
+        norm (bool): End with a LayerNorm (an identity if False).
+            Default: True.
     """
 
     def __init__(self, downsample: nn.Module, blocks: Sequence[Block],
@@ -319,39 +299,36 @@ class Stage(nn.Module):
 
 
 class WaveViT(BaseModule):
-    """Wave-ViT backbone returning four feature maps at strides 4-32.
+    """Wave-ViT backbone: four stages of a pyramid, wavelet attention in the
+    first two, global attention in the last two; feature maps at stride 4-32.
 
     Args:
-        arch: ``'s'``, ``'b'``, ``'l'`` or a dict with exactly the keys of
-            :attr:`arch_zoo` entries.
-        in_channels: input image channels.
-        out_indices: stages whose outputs are returned (0-3).
-        drop_path_rate: stochastic depth rate, increased linearly over
-            all blocks.
-        frozen_stages: -1 trains everything; 0 freezes the stem; k >= 1
-            freezes the stem and stages 1..k (eval mode, no gradients).
-        norm_eval: keep BatchNorm layers in eval mode while training.
-        with_cp: activation checkpointing per block to save memory.
-        norm_cfg: BatchNorm config of the stem and the wavelet branches.
-        final_norm: end the last stage with its LayerNorm. The official
-            classifier applies that norm after its class-attention block
-            instead: ``WaveViTClsHead`` holds it, with ``final_norm=False``
-            here.
-        fused_attn: fused attention (``F.scaled_dot_product_attention``);
-            False computes the attention matrix explicitly.
-        compile: run the stages through ``torch.compile`` (True, or a dict
-            of its keyword arguments, e.g. ``dict(mode='max-autotune')``).
-            The whole backbone is one graph, without breaks, on the CPU
-            and on GPUs; the heads stay eager. The first iterations compile.
-        init_cfg: mmengine init config, a dict or a list of dicts;
-            ``dict(type='Pretrained', checkpoint=PATH)`` loads backbone
-            weights strictly from an official ImageNet checkpoint, a
-            converted one or a whole mmdet/mmseg model, a path or a URL
-            (see :mod:`wavevit_mm.models.pretrained`; ``trusted=True``
-            also unpickles files that could run code); mmengine's weight
-            initialisers (``Constant``, ``TruncNormal``, ... with
-            ``layer``/``override``) apply after the official
-            initialisation (:mod:`wavevit_mm.models.init_cfg`).
+        arch (str | dict): ``'s'``, ``'b'``, ``'l'`` (any case) or a dict
+            with exactly the keys of the :attr:`arch_zoo` entries.
+            Default: ``'s'``.
+        in_channels (int): The input image channels. Default: 3.
+        out_indices (Sequence[int]): The stages (0-3) whose maps are
+            returned. Default: ``(0, 1, 2, 3)``.
+        drop_path_rate (float): The stochastic depth rate, rising linearly
+            over all blocks. Default: 0.
+        frozen_stages (int): -1 trains everything; 0 freezes the stem; k >= 1
+            the stem and stages 1..k (eval mode, no gradients). Default: -1.
+        norm_eval (bool): BatchNorms in eval mode in training. Default: False.
+        with_cp (bool): Checkpoint each block's activations. Default: False.
+        norm_cfg (dict): The norm of the stem and of the wavelet attention's
+            convolutions. Default: ``dict(type='BN', requires_grad=True)``.
+        final_norm (bool): End the last stage with its LayerNorm; the
+            official classifier applies it after its class-attention block
+            (``WaveViTClsHead`` holds it, with False here). Default: True.
+        fused_attn (bool): Fused attention (:func:`attend`). Default: True.
+        compile (bool | dict): Run the stages through ``torch.compile``
+            (True, or its arguments, e.g. ``dict(mode='max-autotune')``), as
+            one graph; the heads stay eager. Default: False.
+        init_cfg (dict | list[dict], optional): ``dict(type='Pretrained',
+            checkpoint=PATH)`` loads the backbone strictly from an official,
+            converted or mmdet/mmseg checkpoint (:mod:`.pretrained`);
+            mmengine's initialisers apply after the official initialisation
+            (:mod:`.init_cfg`). Default: None.
     """
 
     arch_zoo: Dict[str, Dict] = {
@@ -366,149 +343,98 @@ class WaveViT(BaseModule):
                   depths=(3, 6, 18, 3), sr_ratios=(4, 2, 1, 1)),
     }
     num_stages = NUM_STAGES
-    num_wavelet_stages = 2  # stages 1-2 use wavelet attention, 3-4 global
 
-    def __init__(self,
-                 arch: Union[str, Dict] = 's',
-                 in_channels: int = 3,
+    def __init__(self, arch: Union[str, Dict] = 's', in_channels: int = 3,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
-                 drop_path_rate: float = 0.,
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 with_cp: bool = False,
+                 drop_path_rate: float = 0., frozen_stages: int = -1,
+                 norm_eval: bool = False, with_cp: bool = False,
                  norm_cfg: Dict = dict(type='BN', requires_grad=True),
-                 final_norm: bool = True,
-                 fused_attn: bool = True,
+                 final_norm: bool = True, fused_attn: bool = True,
                  compile: Union[bool, Dict] = False,
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        self.arch = self.parse_arch(arch)
+        self.arch = arch = self.parse_arch(arch)
         self.out_indices = self._check_out_indices(out_indices)
-        if not -1 <= frozen_stages <= self.num_stages:
-            raise ValueError(
-                f'frozen_stages must be in [-1, {self.num_stages}] (-1 '
-                f'freezes nothing, 0 the stem, k the stem and stages 1..k), '
-                f'got {frozen_stages}')
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
+        if not -1 <= frozen_stages <= NUM_STAGES:
+            raise ValueError(f'frozen_stages must be in [-1, {NUM_STAGES}] '
+                             f'(-1 freezes nothing, 0 the stem, k the stem '
+                             f'and stages 1..k), got {frozen_stages}')
+        self.frozen_stages, self.norm_eval = frozen_stages, norm_eval
         self.with_cp = with_cp
-
-        arch = self.arch
-        dims = arch['embed_dims']
-        self.embed_dims = list(dims)
-        drop_rates = torch.linspace(0, drop_path_rate,
-                                    sum(arch['depths'])).tolist()
+        self.embed_dims = dims = list(arch['embed_dims'])
+        drop_rates = iter(torch.linspace(0, drop_path_rate,
+                                         sum(arch['depths'])).tolist())
         stages = []
-        for i in range(self.num_stages):
-            first = sum(arch['depths'][:i])
-            blocks = [
-                Block(dims[i], arch['num_heads'][i], arch['mlp_ratios'][i],
-                      arch['sr_ratios'][i], i < self.num_wavelet_stages,
-                      drop_rates[first + j], norm_cfg, with_cp, fused_attn)
-                for j in range(arch['depths'][i])
-            ]
+        for i in range(NUM_STAGES):
+            blocks = [Block(dims[i], arch['num_heads'][i],
+                            arch['mlp_ratios'][i], arch['sr_ratios'][i],
+                            i < NUM_WAVELET_STAGES, next(drop_rates),
+                            norm_cfg, with_cp, fused_attn)
+                      for _ in range(arch['depths'][i])]
             downsample = (
                 Stem(in_channels, arch['stem_width'], dims[0], norm_cfg)
                 if i == 0 else Downsample(dims[i - 1], dims[i]))
             stages.append(Stage(downsample, blocks, dims[i],
-                                norm=final_norm or i < self.num_stages - 1))
+                                norm=final_norm or i < NUM_STAGES - 1))
         self.stages = nn.ModuleList(stages)
         check_init_cfg(init_cfg, self)
-        channels_last_weights(self)
+        runtime.channels_last_weights(self)
         self._freeze_stages()
-        if not isinstance(compile, (bool, dict)):
-            raise TypeError(f'compile must be a bool or a dict of '
-                            f'torch.compile arguments, got {compile!r}')
-        self.compile_options = (
-            None if compile is False
-            else dict(compile) if isinstance(compile, dict) else {})
-        if self.compile_options is not None:
-            compat.require_backbone_compile()
-        self._run_stages = self._stage_runner()
-
-    def _stage_runner(self):
-        """``WaveViT._forward_stages``, through ``torch.compile`` when asked.
-
-        Compiled as a function of (self, x): nothing tied to this instance
-        is stored in it, so copies of the model stay independent. The
-        compiled function cannot be pickled; copies (pickle,
-        ``torch.save(model)``, ``copy.deepcopy``) compile their own.
-        """
-        if self.compile_options is None:
-            return WaveViT._forward_stages
-        return torch.compile(WaveViT._forward_stages, **self.compile_options)
-
-    def __getstate__(self) -> Dict:
-        state = super().__getstate__()
-        state.pop('_run_stages', None)
-        return state
-
-    def __setstate__(self, state: Dict) -> None:
-        super().__setstate__(state)
-        self._run_stages = self._stage_runner()
+        self.stage_runner = runtime.StageRunner(WaveViT.forward_stages,
+                                                compile)
 
     @classmethod
     def parse_arch(cls, arch: Union[str, Dict]) -> Dict:
-        """Return the arch dict for a preset name or validate a custom one."""
+        """The arch dict of a preset name, or a custom one checked once."""
+        keys = sorted(cls.arch_zoo['s'])
+        if isinstance(arch, str) and arch.lower() not in cls.arch_zoo:
+            raise ValueError(
+                f'Unknown Wave-ViT arch {arch!r}; choose one of '
+                f'{sorted(cls.arch_zoo)} or pass a dict with keys {keys}')
         if isinstance(arch, str):
-            key = arch.lower()
-            if key not in cls.arch_zoo:
-                raise ValueError(
-                    f'Unknown Wave-ViT arch {arch!r}; choose one of '
-                    f'{sorted(cls.arch_zoo)} or pass a dict with keys '
-                    f'{sorted(cls.arch_zoo["s"])}')
-            return {k: list(v) if isinstance(v, tuple) else v
-                    for k, v in cls.arch_zoo[key].items()}
-        if not isinstance(arch, dict):
+            arch = cls.arch_zoo[arch.lower()]
+        elif not isinstance(arch, dict):
             raise TypeError(f'arch must be a preset name or a dict, got '
                             f'{type(arch).__name__}')
-        required = set(cls.arch_zoo['s'])
-        if set(arch) != required:
-            missing, extra = required - set(arch), set(arch) - required
+        elif sorted(arch) != keys:
             raise ValueError(
-                f'Custom Wave-ViT arch must have exactly the keys '
-                f'{sorted(required)}; missing {sorted(missing)}, '
-                f'unexpected {sorted(extra)}')
-        arch = {k: (list(v) if k != 'stem_width' else v)
+                f'Custom Wave-ViT arch must have exactly the keys {keys}; '
+                f'missing {sorted(set(keys) - set(arch))}, unexpected '
+                f'{sorted(set(arch) - set(keys))}')
+        arch = {k: v if k == 'stem_width' else list(v)
                 for k, v in arch.items()}
-        for key, value in arch.items():
-            if key == 'stem_width':
-                continue
-            if len(value) != cls.num_stages:
-                raise ValueError(
-                    f'Custom Wave-ViT arch: every per-stage entry needs '
-                    f'{cls.num_stages} values, but {key} has {len(value)} '
-                    f'({value})')
-        for i, (dim, heads) in enumerate(
-                zip(arch['embed_dims'], arch['num_heads'])):
+        problems = [f'every per-stage entry needs {NUM_STAGES} values, but '
+                    f'{k} has {len(v)} ({v})' for k, v in arch.items()
+                    if k != 'stem_width' and len(v) != NUM_STAGES]
+        for i, (dim, heads) in enumerate(zip(arch['embed_dims'],
+                                             arch['num_heads'])):
             if dim % heads:
-                raise ValueError(
-                    f'Custom Wave-ViT arch: stage {i + 1} embed dim {dim} '
-                    f'is not divisible by its {heads} heads')
-            if i < cls.num_wavelet_stages and dim % 4:
-                raise ValueError(
-                    f'Custom Wave-ViT arch: stage {i + 1} uses wavelet '
-                    f'attention, which needs an embed dim divisible by 4 '
-                    f'(got {dim})')
+                problems.append(f'stage {i + 1} embed dim {dim} is not '
+                                f'divisible by its {heads} heads')
+            if i < NUM_WAVELET_STAGES and dim % 4:
+                problems.append(f'stage {i + 1} uses wavelet attention, '
+                                f'which needs an embed dim divisible by 4 '
+                                f'(got {dim})')
+        if problems:
+            raise ValueError(f'Custom Wave-ViT arch: {problems[0]}')
         return arch
 
-    def _check_out_indices(self, out_indices: Sequence[int]) -> Tuple[int, ...]:
-        if isinstance(out_indices, int):
-            out_indices = (out_indices, )
-        out_indices = tuple(out_indices)
-        bad = [i for i in out_indices
-               if not isinstance(i, int) or not 0 <= i < self.num_stages]
-        if bad or not out_indices or len(set(out_indices)) != len(out_indices):
+    @staticmethod
+    def _check_out_indices(out_indices: Sequence[int]) -> Tuple[int, ...]:
+        out_indices = tuple([out_indices] if isinstance(out_indices, int)
+                            else out_indices)
+        if not out_indices or len(set(out_indices)) != len(out_indices) or any(
+                not isinstance(i, int) or not 0 <= i < NUM_STAGES
+                for i in out_indices):
             raise ValueError(
                 f'out_indices must be distinct stage indices in [0, '
-                f'{self.num_stages - 1}], got {out_indices}')
+                f'{NUM_STAGES - 1}], got {out_indices}')
         return tuple(sorted(out_indices))
 
     def init_weights(self) -> None:
-        """Initialise as ``init_cfg`` says, the way mmengine's
-        ``BaseModule.init_weights`` does: the official initialisation,
-        then the weight initialisers of ``init_cfg`` in order (``layer``,
-        ``override``), then its ``Pretrained`` entries, loaded strictly.
+        """Initialise as ``init_cfg`` says, in mmengine's order: the official
+        initialisation, then the weight initialisers (``layer``,
+        ``override``), then the ``Pretrained`` entries, loaded strictly.
         With a ``Pretrained`` entry every weight comes from the file."""
         initializers, pretrained = split_init_cfg(self.init_cfg)
         if not pretrained:
@@ -516,9 +442,10 @@ class WaveViT(BaseModule):
         if initializers:
             initialize(self, initializers)
         for entry in pretrained:
-            load_pretrained(self, entry['checkpoint'],
-                            prefix=entry.get('prefix'),
-                            trusted=entry.get('trusted', False))
+            report = load_pretrained(self, entry['checkpoint'],
+                                     entry.get('prefix'),
+                                     entry.get('trusted', False))
+            MMLogger.get_current_instance().info(format_summary(report))
 
     def _official_init(self) -> None:
         """Truncated-normal Linear weights (std 0.02), unit LayerNorms,
@@ -531,9 +458,7 @@ class WaveViT(BaseModule):
             elif isinstance(m, nn.Conv2d):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * \
                     m.out_channels // m.groups
-                # drawn in (out, in, kh, kw) order, as for an NCHW weight,
-                # then stored in the layout of the parameter: the same
-                # initial weights whatever the layout
+                # drawn in NCHW order: the same weights whatever the layout
                 drawn = torch.empty(m.weight.shape, dtype=m.weight.dtype,
                                     device=m.weight.device)
                 nn.init.normal_(drawn, mean=0., std=(2.0 / fan_out)**0.5)
@@ -547,13 +472,10 @@ class WaveViT(BaseModule):
         """The convolutional stem, the downsampling of stage 1."""
         return self.stages[0].downsample
 
-    def _frozen_modules(self) -> List[nn.Module]:
-        if self.frozen_stages < 0:
-            return []
-        return [self.stem] + list(self.stages[:self.frozen_stages])
-
     def _freeze_stages(self) -> None:
-        for module in self._frozen_modules():
+        if self.frozen_stages < 0:
+            return
+        for module in [self.stem, *self.stages[:self.frozen_stages]]:
             module.eval()
             for param in module.parameters():
                 param.requires_grad = False
@@ -573,14 +495,13 @@ class WaveViT(BaseModule):
         if x.dim() != 4:
             raise ValueError(f'WaveViT expects a (B, C, H, W) image batch, '
                              f'got shape {tuple(x.shape)}')
-        if torch.jit.is_tracing():  # e.g. counting FLOPs: never compiled
-            return self._forward_stages(x)
-        return self._run_stages(self, x)
+        return self.stage_runner(self, x)
 
-    def _forward_stages(self, x: Tensor) -> Tuple[Tensor, ...]:
+    def forward_stages(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """The stages (through ``torch.compile`` with ``compile``)."""
         outs = []
         for i, stage in enumerate(self.stages):
-            x = stage(x)
+            x = stage(x)                      # (B, C_i, H / 2**(i+2), ...)
             if i in self.out_indices:
                 # x is a channels-last view; necks and mmcv ops (RoIAlign's
                 # CPU kernel reads raw NCHW memory) expect contiguous maps
