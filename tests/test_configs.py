@@ -353,5 +353,5 @@ def test_a_safeguard_set_to_none_is_dropped_with_one_log_line(tmp_path,
     lines = [line for line in capsys.readouterr().out.splitlines()
              if 'Safeguards switched off' in line]
     assert len(lines) == 1 and lines[0].endswith(
-        'Safeguards switched off in default_hooks: work_dir_lock (one '
-        'training run per work dir).')
+        'Safeguards switched off in default_hooks: work_dir_lock '
+        '(WorkDirLockHook).')

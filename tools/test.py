@@ -32,7 +32,7 @@ def main():
     # read_once: the checkpoint checked here is handed to the Runner, not
     # deserialized again
     with report_errors('test.py'), read_once():
-        weights = apis.read_model_weights(args.checkpoint)
+        weights, _ = apis.read_model_weights(args.checkpoint)
         cfg = apis.load_run_config(args, ['test'])
         apis.apply_test_options(cfg, args.checkpoint, args.out,
                                 args.show_dir, args.tta)
@@ -40,7 +40,7 @@ def main():
         # the config's runner_type (SafeguardedRunner), as mmdet's tools
         runner = (RUNNERS.build(cfg) if 'runner_type' in cfg
                   else Runner.from_cfg(cfg))
-        apis.check_model_fits(weights, runner.model, args.checkpoint)
+        apis.check_fits(weights, runner.model, args.checkpoint)
         del weights
         runner.test()
     apis.shut_down_distributed()

@@ -1,5 +1,6 @@
 """What the tools call: config checks, command-line options, distributed
 setup, whole-model checkpoints, inference, complexity, conversion."""
+from ..models.pretrained import check_fits, read_model_weights
 from .complexity import build_model, model_complexity, synthetic_inputs
 from .config import (add_run_arguments, check_backbone_config,
                      check_data_paths, load_config, load_run_config, scope_of,
@@ -7,7 +8,6 @@ from .config import (add_run_arguments, check_backbone_config,
 from .convert import convert_checkpoint
 from .distributed import setup_cpu_distributed, shut_down_distributed
 from .inference import describe, predict_image
-from .model_checkpoint import check_model_fits, read_model_weights
 from .options import (apply_test_options, apply_train_options,
                       find_resume_checkpoint)
 
@@ -16,6 +16,6 @@ __all__ = [
     'check_backbone_config', 'check_data_paths', 'load_config', 'scope_of',
     'setup_work_dir', 'load_run_config', 'convert_checkpoint',
     'setup_cpu_distributed', 'shut_down_distributed', 'describe',
-    'predict_image', 'check_model_fits', 'read_model_weights',
+    'predict_image', 'check_fits', 'read_model_weights',
     'apply_test_options', 'apply_train_options', 'find_resume_checkpoint'
 ]

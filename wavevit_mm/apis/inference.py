@@ -12,8 +12,8 @@ from torch import nn
 
 from ..checkpoint import read_once
 from ..errors import DataError
+from ..models.pretrained import check_fits, read_model_weights
 from .config import check_backbone_config, load_config, scope_of
-from .model_checkpoint import check_model_fits, read_model_weights
 
 
 def read_image(path: str) -> np.ndarray:
@@ -50,18 +50,18 @@ def predict_image(image_path: str, config: str, checkpoint: str,
 def _predict(image: np.ndarray, config: str, checkpoint: str,
              out_file: str, device: str, score_thr: float,
              opacity: float) -> object:
-    weights = read_model_weights(checkpoint)
+    weights, _ = read_model_weights(checkpoint)
     cfg = load_config(config)
     check_backbone_config(cfg)
     if scope_of(cfg) == 'mmdet':
         from mmdet.apis import inference_detector, init_detector
         model = init_detector(cfg, checkpoint, device=device)
-        check_model_fits(weights, model, checkpoint)
+        check_fits(weights, model, checkpoint)
         result = inference_detector(model, image[..., ::-1].copy())  # BGR
     else:
         from mmseg.apis import inference_model, init_model
         model = init_model(cfg, checkpoint, device=device)
-        check_model_fits(weights, model, checkpoint)
+        check_fits(weights, model, checkpoint)
         result = inference_model(model, image[..., ::-1].copy())
     draw_prediction(model, image, result, out_file, score_thr, opacity)
     return result

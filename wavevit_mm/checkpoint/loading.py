@@ -388,9 +388,9 @@ def load_checkpoint(filename: str, trusted: bool = False,
 
 def load_from_wavevit_mm(filename: str,
                          map_location: MapLocation = None) -> Any:
-    """mmengine's loader for every scheme: :func:`load_checkpoint`, with the
-    ``map_location`` the caller passes (mmengine's own loaders hand it to
-    ``torch.load`` the same way)."""
+    """mmengine's loader for every scheme: :func:`load_checkpoint` in the
+    form mmengine calls a loader, ``loader(filename, map_location)``, its
+    log naming the loader after ``load_from_`` ("by wavevit_mm backend")."""
     return load_checkpoint(filename, map_location=map_location)
 
 

@@ -20,15 +20,15 @@ def is_state_dict(value: Any) -> bool:
         for k, v in value.items())
 
 
-def unwrap_state_dict(checkpoint: Any
+def unwrap_state_dict(checkpoint: Any, filename: str = 'The checkpoint'
                       ) -> Tuple[Dict[str, Tensor], Optional[str]]:
     """The state dict of a loaded checkpoint and the entry holding it.
 
     Accepts a bare state dict or one under ``'state_dict'`` / ``'model'``
     (the official and mmengine training scripts; an EMA copy under
     ``'state_dict_ema'`` is not used). The ``module.`` prefix of
-    DistributedDataParallel is removed. Raises CheckpointError (without the
-    file name) otherwise.
+    DistributedDataParallel is removed. Otherwise raises CheckpointError,
+    one paragraph naming ``filename`` and what the checkpoint holds.
     """
     if is_state_dict(checkpoint):
         return strip_ddp_prefix(checkpoint), None
@@ -38,11 +38,11 @@ def unwrap_state_dict(checkpoint: Any
                 return strip_ddp_prefix(checkpoint[key]), key
         entries = ', '.join(repr(k) for k in list(checkpoint)[:8])
         raise CheckpointError(
-            f'holds no state dict of tensors: expected one at the top level '
-            f'or under {" or ".join(map(repr, WRAPPER_KEYS))}, found the '
-            f'entries {entries or "(none)"}')
-    raise CheckpointError(
-        f'holds a {type(checkpoint).__name__}, not a state dict of tensors')
+            f'{filename} holds no state dict of tensors: expected one at the '
+            f'top level or under {" or ".join(map(repr, WRAPPER_KEYS))}, '
+            f'found the entries {entries or "(none)"}.')
+    raise CheckpointError(f'{filename} holds a {type(checkpoint).__name__}, '
+                          f'not a state dict of tensors.')
 
 
 def strip_prefix(state_dict: Dict[str, Tensor], prefix: str

@@ -2,7 +2,6 @@
 behind ``--amp`` on the CPU, the iteration-based training loop that
 resumes exactly, and the Runner that lets a config switch a safeguard off
 (registered on import)."""
-from ..models.pretrained import check_fits as check_model_fits
 from .hooks import (AtomicCheckpointHook, CheckpointFitHook, EpochSeedHook,
                     FiniteCheckHook, LabelMapCheckHook, WorkDirLockHook,
                     label_map_problems, lock_work_dir, unlock_work_dir)
@@ -15,6 +14,6 @@ __all__ = [
     'LabelMapCheckHook', 'label_map_problems', 'CPUAutocastOptimWrapper',
     'autocast_module',
     'ResumableInfiniteSampler', 'ResumableIterBasedTrainLoop',
-    'CheckpointFitHook', 'WorkDirLockHook', 'check_model_fits',
+    'CheckpointFitHook', 'WorkDirLockHook',
     'lock_work_dir', 'unlock_work_dir', 'SafeguardedRunner',
 ]

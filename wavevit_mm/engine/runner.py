@@ -4,27 +4,26 @@ dropped with one log line, where mmengine accepts None only for its own
 default hooks; and a ``Pretrained`` entry in the whole model's
 ``init_cfg`` starts training as ``load_from`` does."""
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from mmengine.logging import print_log
-from mmengine.model import PretrainedInit, is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 from torch import nn
 
-from ..models.init_cfg import check_init_cfg, init_cfg_entries
-from ..models.pretrained import fit_for_fine_tuning, read_model_weights
+from ..models.init_cfg import check_init_cfg, split_init_cfg
+from ..models.pretrained import (bare_model, fit_for_fine_tuning,
+                                 read_model_weights)
 from .hooks.checkpoint_fit_hook import CheckpointFitHook, fine_tune_from
 
 #: The safeguards' keys in ``default_hooks`` (configs/_base_/safeguards.py)
-#: and what a run without each loses.
+#: and their hooks, each described in its docstring.
 SAFEGUARDS = dict(
-    work_dir_lock='one training run per work dir',
-    checkpoint_fit='checkpoints (load_from, --resume, the init_cfg of the '
-    'whole model) checked against the model before loading',
-    epoch_seed='per-epoch reseeding for exact resumption',
-    finite_check='the stop at the first non-finite loss or weight',
-    label_map_check='label maps checked against their images',
+    work_dir_lock='WorkDirLockHook',
+    checkpoint_fit='CheckpointFitHook',
+    epoch_seed='EpochSeedHook',
+    finite_check='FiniteCheckHook',
+    label_map_check='LabelMapCheckHook',
 )
 
 #: How the report and the refusals name a whole model's ``init_cfg``.
@@ -72,14 +71,18 @@ class SafeguardedRunner(Runner):
         :meth:`load_or_resume`, the public step ``Runner.train`` takes
         right after ``init_weights``.
         """
-        model = _bare(self.model)
-        entries, others = _split_pretrained(getattr(model, 'init_cfg', None))
+        model = bare_model(self.model)
+        others, entries = split_init_cfg(getattr(model, 'init_cfg', None))
         if not entries or not any(isinstance(hook, CheckpointFitHook)
                                   for hook in self.hooks):
             return super().train()
         check_init_cfg([dict(entry, type='Pretrained') for entry in entries],
                        model)
-        checkpoints = tuple((entry, *_read(entry)) for entry in entries)
+        checkpoints = tuple(
+            (entry, *read_model_weights(
+                entry['checkpoint'], entry.get('prefix'),
+                entry.get('trusted', False), entry.get('map_location', 'cpu')))
+            for entry in entries)
         for entry, state_dict, _ in checkpoints:  # refused before the data
             fit_for_fine_tuning(state_dict, model, str(entry['checkpoint']))
         original = model.init_cfg
@@ -100,31 +103,7 @@ class SafeguardedRunner(Runner):
         for entry, state_dict, meta in checkpoints:
             start = fine_tune_from(self, state_dict, str(entry['checkpoint']),
                                    MODEL_INIT_CFG, meta)
-            _bare(self.model).load_state_dict(start.weights, strict=True)
+            bare_model(self.model).load_state_dict(start.weights,
+                                                   strict=True)
         super().load_or_resume()
 
-
-def _bare(model: nn.Module) -> nn.Module:
-    """The model inside a DDP (or other) wrapper, as mmengine unwraps it to
-    initialise its weights."""
-    return model.module if is_model_wrapper(model) else model
-
-
-def _split_pretrained(init_cfg) -> Tuple[List[Dict], List[Dict]]:
-    """The ``Pretrained`` entries of an ``init_cfg``, as mmengine's
-    ``BaseModule.init_weights`` tells them apart (the type's name or
-    class), and the others."""
-    def pretrained(entry: Dict) -> bool:
-        kind = entry.get('type')
-        return kind == 'Pretrained' or kind is PretrainedInit
-
-    entries = init_cfg_entries(init_cfg)
-    return ([entry for entry in entries if pretrained(entry)],
-            [entry for entry in entries if not pretrained(entry)])
-
-
-def _read(entry: Dict) -> Tuple[Dict, Any]:
-    """The state dict and ``meta`` of a ``Pretrained`` entry's file."""
-    return read_model_weights(entry['checkpoint'], entry.get('prefix'),
-                              entry.get('trusted', False),
-                              entry.get('map_location', 'cpu'))

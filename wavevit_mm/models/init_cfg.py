@@ -14,6 +14,7 @@ the datasets are loaded) is refused here, when the model is built.
 import copy
 from typing import Dict, List, Optional, Tuple, Union
 
+from mmengine.model import PretrainedInit
 from mmengine.registry import WEIGHT_INITIALIZERS
 from torch import nn
 
@@ -44,10 +45,14 @@ def init_cfg_entries(init_cfg: InitCfg) -> List[Dict]:
 
 
 def split_init_cfg(init_cfg: InitCfg) -> Tuple[List[Dict], List[Dict]]:
-    """The weight initialiser entries and the ``Pretrained`` entries."""
+    """The weight initialiser entries and the ``Pretrained`` entries, told
+    apart as mmengine's ``BaseModule.init_weights`` does (the type's name
+    or class)."""
     entries = init_cfg_entries(init_cfg)
-    pretrained = [e for e in entries if e.get('type') == 'Pretrained']
-    return [e for e in entries if e.get('type') != 'Pretrained'], pretrained
+    is_pretrained = [e.get('type') in ('Pretrained', PretrainedInit)
+                     for e in entries]
+    return ([e for e, p in zip(entries, is_pretrained) if not p],
+            [e for e, p in zip(entries, is_pretrained) if p])
 
 
 def check_init_cfg(init_cfg: InitCfg, module: nn.Module) -> None:

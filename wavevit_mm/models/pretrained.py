@@ -14,8 +14,9 @@ says which arch the file holds, never a silent fall-back to random
 initialisation. The same check (:func:`check_fits`) refuses a checkpoint
 of a whole model that does not fit the model built from a config;
 :func:`fit_for_fine_tuning` takes what fits of a checkpoint to fine-tune
-a whole model from (``load_from``, or the whole model's ``init_cfg``, read
-by :func:`read_model_weights`), within limits. Files are read by
+a whole model from (``load_from``, or the whole model's ``init_cfg``),
+within limits. :func:`read_model_weights` reads the checkpoint of a whole
+model (for ``tools/test.py``, the demo, the export). Files are read by
 :func:`wavevit_mm.checkpoint.load_checkpoint` (local, URL or other
 storage; weights-only).
 """
@@ -23,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from torch import Tensor, nn
 
 from ..checkpoint import (CheckpointError, fit_problems, is_state_dict,
@@ -70,7 +72,8 @@ def format_summary(report: LoadReport) -> str:
     return '\n'.join(lines)
 
 
-def extract_backbone(checkpoint: Any, prefix: Optional[str] = None
+def extract_backbone(checkpoint: Any, prefix: Optional[str] = None,
+                     filename: str = 'The checkpoint'
                      ) -> Tuple[Dict[str, Tensor], List[str], List[str]]:
     """The backbone state dict inside a loaded checkpoint, keys unchanged.
 
@@ -78,9 +81,10 @@ def extract_backbone(checkpoint: Any, prefix: Optional[str] = None
     DistributedDataParallel's ``module.``, and strips the ``backbone.``
     prefix of a whole detector when given (or when any key has it).
     Returns the state dict, notes on where it was found, and the keys
-    outside the backbone.
+    outside the backbone. Raises CheckpointError naming ``filename`` when
+    it holds no state dict.
     """
-    state_dict, entry = unwrap_state_dict(checkpoint)
+    state_dict, entry = unwrap_state_dict(checkpoint, filename)
     notes = [f'{entry!r} entry' if entry else 'bare state dict']
     if prefix is None and any(k.startswith('backbone.') for k in state_dict):
         prefix = 'backbone.'
@@ -106,10 +110,8 @@ def read_backbone_weights(filename: str, arch_zoo: Dict[str, Dict],
     filename = str(filename)
     checkpoint = load_checkpoint(filename, trusted=trusted,
                                  trust_hint=TRUST_HINT)
-    try:
-        state_dict, notes, outside = extract_backbone(checkpoint, prefix)
-    except CheckpointError as error:
-        raise CheckpointError(f'{filename} {error}.') from None
+    state_dict, notes, outside = extract_backbone(checkpoint, prefix,
+                                                  filename)
     dropped: Dict[str, List[str]] = {}
     if outside:
         dropped[OUTSIDE_BACKBONE] = outside
@@ -146,6 +148,14 @@ def in_model_layout(state_dict: Dict[str, Tensor],
     return state_dict
 
 
+def bare_model(model: nn.Module) -> nn.Module:
+    """The model inside a DDP (or other) wrapper or a test-time
+    augmentation model, as mmengine's ``load_state_dict`` unwraps it."""
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
+
+
 def check_fits(state_dict: Dict[str, Tensor], model: nn.Module,
                filename: str) -> None:
     """Raise CheckpointError unless ``state_dict`` loads strictly into
@@ -155,10 +165,11 @@ def check_fits(state_dict: Dict[str, Tensor], model: nn.Module,
     the arch of the file and of the backbone) or a whole detector or
     segmentor, unwrapped here from DDP or test-time augmentation
     (``load_from``, ``--resume``, ``tools/test.py``: the message says what
-    backbone the file has, if any).
+    backbone the file has, if any). mmengine would load a test or demo
+    checkpoint with ``strict=False``, and evaluate a model that is partly
+    random.
     """
-    while hasattr(model, 'module') and isinstance(model.module, nn.Module):
-        model = model.module
+    model = bare_model(model)
     own = model.state_dict()
     state_dict = in_model_layout(state_dict, own)
     zoo = getattr(model, 'arch_zoo', None)  # set on a Wave-ViT backbone
@@ -238,8 +249,7 @@ def fit_for_fine_tuning(state_dict: Dict[str, Tensor], model: nn.Module,
     not fit exactly or when less than :data:`MIN_FINE_TUNING_SHARE` of the
     model's weights would come from the file.
     """
-    while hasattr(model, 'module') and isinstance(model.module, nn.Module):
-        model = model.module
+    model = bare_model(model)
     own = model.state_dict()
     state_dict = in_model_layout(state_dict, own)
     if isinstance(getattr(model, 'backbone', None), nn.Module):
@@ -286,10 +296,7 @@ def read_model_weights(filename: str, prefix: Optional[str] = None,
     filename = str(filename)
     checkpoint = load_checkpoint(filename, trusted=trusted,
                                  map_location=map_location)
-    try:
-        state_dict, _ = unwrap_state_dict(checkpoint)
-    except CheckpointError as error:
-        raise CheckpointError(f'{filename} {error}.') from None
+    state_dict, _ = unwrap_state_dict(checkpoint, filename)
     if prefix:
         prefix = prefix if prefix.endswith('.') else prefix + '.'
         state_dict, _ = strip_prefix(state_dict, prefix)

@@ -1,9 +1,5 @@
-"""A checkpoint to resume from, or to test, must fit the model exactly; one
-to fine-tune from (``load_from`` of a training run, or the whole model's
-``init_cfg`` through :class:`~wavevit_mm.engine.SafeguardedRunner`) loads
-what fits, within limits, and the rest is reported
-(:func:`fine_tune_from`). mmengine would load the part that fits and only
-log warnings."""
+"""Checkpoints checked against the model before any of them loads
+(:class:`CheckpointFitHook`)."""
 import logging
 from typing import Any, Dict, List, Optional
 
@@ -13,7 +9,7 @@ from mmengine.optim import OptimWrapper, OptimWrapperDict
 from mmengine.registry import HOOKS
 from mmengine.runner import find_latest_checkpoint
 
-from ...checkpoint import CheckpointError, unwrap_state_dict
+from ...checkpoint import unwrap_state_dict
 from ...models.pretrained import (FineTuningStart, check_fits,
                                   fit_for_fine_tuning)
 
@@ -39,10 +35,7 @@ class CheckpointFitHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: Dict) -> None:
         filename = _loaded_file(runner)
-        try:
-            state_dict, entry = unwrap_state_dict(checkpoint)
-        except CheckpointError as error:
-            raise CheckpointError(f'{filename} {error}.') from None
+        state_dict, entry = unwrap_state_dict(checkpoint, filename)
         # the Runner says whether it resumes only in the private _resume,
         # which mmengine's own EMAHook reads as well
         if runner._resume or not _trains(runner):
