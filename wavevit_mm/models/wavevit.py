@@ -184,8 +184,8 @@ class Block(nn.Module):
         drop_path (float): The stochastic depth rate. Default: 0.
         norm_cfg (dict): The norm of the wavelet attention's convolutions.
             Default: ``dict(type='BN', requires_grad=True)``.
-        with_cp (bool): Recompute the block in the backward pass instead of
-            keeping its activations. Default: False.
+        with_cp (bool): Recompute the block for the backward pass instead
+            of keeping its activations. Default: False.
         fused_attn (bool): Fused attention (:func:`attend`). Default: True.
     """
 
@@ -299,36 +299,33 @@ class Stage(nn.Module):
 
 
 class WaveViT(BaseModule):
-    """Wave-ViT backbone: four stages of a pyramid, wavelet attention in the
-    first two, global attention in the last two; feature maps at stride 4-32.
+    """Wave-ViT backbone: a four-stage pyramid (strides 4 to 32), wavelet
+    attention in the first two stages, global attention in the last two.
 
     Args:
         arch (str | dict): ``'s'``, ``'b'``, ``'l'`` (any case) or a dict
-            with exactly the keys of the :attr:`arch_zoo` entries.
-            Default: ``'s'``.
+            with exactly the keys of :attr:`arch_zoo`'s. Default: ``'s'``.
         in_channels (int): The input image channels. Default: 3.
         out_indices (Sequence[int]): The stages (0-3) whose maps are
             returned. Default: ``(0, 1, 2, 3)``.
-        drop_path_rate (float): The stochastic depth rate, rising linearly
-            over all blocks. Default: 0.
-        frozen_stages (int): -1 trains everything; 0 freezes the stem; k >= 1
-            the stem and stages 1..k (eval mode, no gradients). Default: -1.
+        drop_path_rate (float): Stochastic depth, rising linearly over the
+            blocks. Default: 0.
+        frozen_stages (int): -1 trains everything, 0 freezes the stem, k >= 1
+            also stages 1..k (eval mode, no gradients). Default: -1.
         norm_eval (bool): BatchNorms in eval mode in training. Default: False.
         with_cp (bool): Checkpoint each block's activations. Default: False.
-        norm_cfg (dict): The norm of the stem and of the wavelet attention's
+        norm_cfg (dict): The norm of the stem's and the wavelet attention's
             convolutions. Default: ``dict(type='BN', requires_grad=True)``.
-        final_norm (bool): End the last stage with its LayerNorm; the
-            official classifier applies it after its class-attention block
-            (``WaveViTClsHead`` holds it, with False here). Default: True.
+        final_norm (bool): End the last stage with its LayerNorm (False:
+            ``WaveViTClsHead`` holds it, as the official classifier).
+            Default: True.
         fused_attn (bool): Fused attention (:func:`attend`). Default: True.
-        compile (bool | dict): Run the stages through ``torch.compile``
-            (True, or its arguments, e.g. ``dict(mode='max-autotune')``), as
-            one graph; the heads stay eager. Default: False.
-        init_cfg (dict | list[dict], optional): ``dict(type='Pretrained',
-            checkpoint=PATH)`` loads the backbone strictly from an official,
-            converted or mmdet/mmseg checkpoint (:mod:`.pretrained`);
-            mmengine's initialisers apply after the official initialisation
-            (:mod:`.init_cfg`). Default: None.
+        compile (bool | dict): The stages through ``torch.compile`` (True,
+            or its arguments), as one graph. Default: False.
+        init_cfg (dict | list[dict], optional): ``Pretrained`` entries load
+            strictly (:mod:`.pretrained`); mmengine's initialisers apply
+            after the official initialisation (:mod:`.init_cfg`).
+            Default: None.
     """
 
     arch_zoo: Dict[str, Dict] = {
