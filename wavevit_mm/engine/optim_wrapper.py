@@ -11,10 +11,11 @@ import contextlib
 from typing import Iterator
 
 import torch
-from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from torch import nn
+
+from ..models.pretrained import bare_model
 
 
 @contextlib.contextmanager
@@ -52,7 +53,7 @@ class CPUAutocastOptimWrapper(OptimWrapper):
 
     @contextlib.contextmanager
     def optim_context(self, model: nn.Module) -> Iterator[None]:
-        inner = model.module if is_model_wrapper(model) else model
+        inner = bare_model(model)
         with super().optim_context(model), \
                 autocast_module(getattr(inner, 'backbone', inner)):
             yield
