@@ -55,13 +55,10 @@ class SafeguardedRunner(Runner):
 
     def train(self) -> nn.Module:
         """Train, starting from the checkpoint of a ``Pretrained`` entry in
-        the whole model's ``init_cfg`` as from ``load_from``: every tensor
-        whose name and shape fit is loaded, one log block lists the others
-        by module, and it is refused (nothing loaded) when the backbone
-        does not fit or under ``MIN_FINE_TUNING_SHARE`` of the model would
-        load. The backbone's own ``init_cfg`` still loads strictly.
-        Without the ``checkpoint_fit`` safeguard, mmengine loads the entry
-        as it would.
+        the whole model's ``init_cfg`` as :class:`CheckpointFitHook` starts
+        from ``load_from``. The backbone's own ``init_cfg`` still loads
+        strictly. Without the ``checkpoint_fit`` safeguard, mmengine loads
+        the entry as it would.
 
         mmengine loads the entry inside ``init_weights`` with
         ``strict=False`` and offers no hook there (and replacing its
