@@ -60,27 +60,53 @@ def official_start() -> dict:
     return official
 
 
-def test_fine_tuned_from_an_official_file_tested_by_both_tools(tmp_path):
-    toy_shapes.make_imagenet(str(tmp_path / 'data' / 'toy_imagenet'),
+@pytest.fixture(scope='module')
+def toy_set(tmp_path_factory):
+    """A folder holding the toy ImageNet-folder set under data/ and an
+    official-layout file of the toy arch under checkpoints/, as the toy
+    config expects them."""
+    folder = tmp_path_factory.mktemp('toy_classification')
+    toy_shapes.make_imagenet(str(folder / 'data' / 'toy_imagenet'),
                              num_train=60, num_val=30, image_size=(72, 72),
                              seed=1)
-    os.makedirs(tmp_path / 'checkpoints')
-    save(tmp_path / 'checkpoints', dict(model=official_start(), epoch=309),
+    os.makedirs(folder / 'checkpoints')
+    save(folder / 'checkpoints', dict(model=official_start(), epoch=309),
          'wavevit_toy_official.pth')
+    return folder
+
+
+def test_fine_tuned_from_an_official_file_tested_by_both_tools(toy_set):
     train = run([sys.executable, tool('train.py'), CONFIG, '--work-dir',
-                 'work'], tmp_path)
+                 'work'], toy_set)
     # the official file started the run: all but the two linear heads
     assert 'load_from' in train and 'head.fc' in train
-    checkpoint = tmp_path / 'work' / 'epoch_20.pth'
+    checkpoint = toy_set / 'work' / 'epoch_20.pth'
     ours = top1(run([sys.executable, tool('test.py'), CONFIG,
-                     str(checkpoint), '--work-dir', 'test'], tmp_path))
+                     str(checkpoint), '--work-dir', 'test'], toy_set))
     theirs = top1(run([sys.executable,
                        os.path.join(MMPRETRAIN_TOOLS, 'test.py'), CONFIG,
                        str(checkpoint), '--work-dir', 'test_mmpretrain'],
-                      tmp_path))
+                      toy_set))
     print(f'toy ImageNet-folder set, 3 classes: top-1 {ours:.2f}')
     assert ours == theirs
     assert ours > 60.0  # chance: 33.3
+
+
+def test_mmpretrain_train_py_fine_tunes_from_the_official_file(toy_set):
+    """mmpretrain's own train.py runs the config (one epoch here): it
+    starts from the official file, skipping only the two linear heads,
+    and its checkpoint is one our test.py evaluates."""
+    train = run([sys.executable, os.path.join(MMPRETRAIN_TOOLS, 'train.py'),
+                 CONFIG, '--work-dir', 'work_mmpretrain', '--cfg-options',
+                 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1'],
+                toy_set)
+    assert 'load_from' in train and 'head.fc' in train
+    assert re.search(r'Epoch\(train\) \[1\]\[ *5/8\]', train), train[-2000:]
+    checkpoint = toy_set / 'work_mmpretrain' / 'epoch_1.pth'
+    tested = top1(run([sys.executable, tool('test.py'), CONFIG,
+                       str(checkpoint), '--work-dir', 'test_one_epoch'],
+                      toy_set))
+    assert tested == top1(train)  # the run's own validation, same weights
 
 
 @pytest.mark.parametrize('arch,params,flops', [('s', 22.7, 4.7),
