@@ -97,8 +97,8 @@ def test_explicit_attention_gives_the_same_outputs():
 
 
 def test_inference_and_autograd_forward_agree():
-    """Without autograd the FFN applies GELU in place; same maps either way,
-    and the autograd forward still back-propagates."""
+    """Inference (no autograd) gives the maps the autograd forward gives,
+    and the autograd forward back-propagates."""
     model = WaveViT(TINY).eval()
     image = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
