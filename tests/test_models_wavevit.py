@@ -72,6 +72,27 @@ def test_same_weights_give_official_feature_maps(arch, size):
         torch.testing.assert_close(out.double(), ref, atol=5e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize('size', [(33, 47), (97, 131)])
+def test_odd_sizes_give_the_reference_networks_feature_maps(size):
+    """At sizes the official code cannot take, the backbone gives the four
+    stage outputs of the reference network (float64 both; 1e-14 apart,
+    measured), which zero-pads
+    an odd map at the bottom/right before each DWT, crops the inverse and
+    pads the bands to a multiple of the reduction ratio."""
+    official = official_state_dict('s', seed=1)
+    model = WaveViT('s').double().eval()
+    model.load_state_dict(backbone_state_dict('s', seed=1), strict=True)
+    image = torch.randn(1, 3, *size, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        outs = model(image)
+    expected = official_stage_outputs(official, 's', image)
+    assert len(outs) == len(expected) == 4
+    for out, ref in zip(outs, expected):
+        assert out.dtype == torch.float64 and out.shape == ref.shape
+        torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+
+
 def test_outputs_are_contiguous_nchw():
     """mmcv's CPU RoIAlign reads raw NCHW memory: a channels-last view
     would give the RoI heads scrambled features."""
@@ -444,7 +465,21 @@ def test_compiled_backbone_gives_the_eager_results(monkeypatch, with_cp,
     compiled_buffers = dict(compiled.named_buffers())
     for name, buffer in eager.named_buffers():
         torch.testing.assert_close(compiled_buffers[name], buffer)
-    copy.deepcopy(compiled)  # e.g. for EMA: no tie to the original
+    # a deep copy (e.g. an EMA model) computes with its own weights and
+    # leaves the original's alone
+    twin = copy.deepcopy(compiled).eval()
+    compiled.eval()
+    with torch.no_grad():
+        before = compiled(x)
+        for parameter in twin.parameters():
+            parameter.mul_(0.5)
+        halved = twin(x)
+        for want, got in zip(before, compiled(x)):
+            torch.testing.assert_close(got, want, atol=0, rtol=0)
+        eager.load_state_dict(twin.state_dict())
+        for want, got in zip(eager.eval()(x), halved):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(halved[-1], before[-1], atol=1e-3)
 
 
 def test_compile_setting_must_be_a_bool_or_torch_compile_arguments():
