@@ -76,9 +76,9 @@ def test_same_weights_give_official_feature_maps(arch, size):
 def test_odd_sizes_give_the_reference_networks_feature_maps(size):
     """At sizes the official code cannot take, the backbone gives the four
     stage outputs of the reference network (float64 both; 1e-14 apart,
-    measured), which zero-pads
-    an odd map at the bottom/right before each DWT, crops the inverse and
-    pads the bands to a multiple of the reduction ratio."""
+    measured), which zero-pads an odd map at the bottom/right before each
+    DWT, crops the inverse and pads the bands to a multiple of the
+    reduction ratio."""
     official = official_state_dict('s', seed=1)
     model = WaveViT('s').double().eval()
     model.load_state_dict(backbone_state_dict('s', seed=1), strict=True)
