@@ -1,4 +1,6 @@
-"""``import wavevit_mm`` registers WaveViT where mmdet/mmseg users build."""
+"""``import wavevit_mm`` registers WaveViT in mmengine's root registry,
+where mmdet's, mmseg's and mmpretrain's registries find it as their
+parent's, and the classifier in mmpretrain's where mmpretrain imports."""
 import subprocess
 import sys
 import textwrap
@@ -22,12 +24,15 @@ def test_builds_from_each_scope(scope):
     assert [o.shape[1] for o in model(torch.randn(1, 3, 32, 32))] == [16, 48]
 
 
-def test_registered_in_both_registries():
+def test_registered_once_in_mmengines_root_registry():
     from mmdet.registry import MODELS as DET
+    from mmengine.registry import MODELS as ROOT
     from mmseg.registry import MODELS as SEG
+    assert ROOT.module_dict['WaveViT'] is WaveViT
+    assert 'WaveViT' not in DET.module_dict
+    assert 'WaveViT' not in SEG.module_dict
     assert DET.get('WaveViT') is WaveViT
     assert SEG.get('WaveViT') is WaveViT
-    assert {'mmdet', 'mmseg'} <= set(wavevit_mm.register_backbone())
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch, mmdet
@@ -57,32 +62,47 @@ def test_config_file_with_custom_imports_builds_backbone(tmp_path):
             '(1, 64, 2, 2)]') in result.stdout
 
 
-def test_broken_optional_package_is_skipped_with_one_warning(
-        tmp_path, monkeypatch):
+def test_broken_mmpretrain_is_skipped_with_one_warning(tmp_path,
+                                                       monkeypatch):
     """An installed mmpretrain that does not import (its torchvision built
-    for another torch) leaves WaveViT registered for mmdet and mmseg, with
-    one warning naming it and its error."""
+    for another torch) leaves the classifier unregistered, with one warning
+    naming it and its error, and the backbone buildable as before."""
     package = tmp_path / 'mmpretrain'
     package.mkdir()
     (package / '__init__.py').write_text(
         "raise RuntimeError('operator torchvision::nms does not exist')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.startswith('mmpretrain')] + [
+            'wavevit_mm.models.classification']:
+        monkeypatch.delitem(sys.modules, name, raising=False)
     with pytest.warns(UserWarning) as caught:
-        registered = wavevit_mm.register_backbone()
-    assert registered == ['mmdet', 'mmseg']
+        assert wavevit_mm.register_classifier() is False
     assert len(caught) == 1
-    assert ('WaveViT is registered for mmdet and mmseg, but not for '
-            'mmpretrain (RuntimeError: operator torchvision::nms does not '
-            'exist)') in str(caught[0].message)
+    assert ('the WaveViT classifier is not registered for mmpretrain '
+            '(RuntimeError: operator torchvision::nms does not exist)'
+            ) in str(caught[0].message)
+    from mmdet.registry import MODELS
+    assert MODELS.get('WaveViT') is WaveViT
 
 
-def test_no_usable_package_is_an_import_error(tmp_path, monkeypatch):
-    package = tmp_path / 'mmbroken'
-    package.mkdir()
-    (package / '__init__.py').write_text("raise ImportError('no torch')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(wavevit_mm.registry, 'REGISTRY_PACKAGES',
-                        ('mmbroken', 'mm_not_installed'))
-    with pytest.raises(ImportError, match=r'none of them imports: mmbroken '
-                       r'\(ImportError: no torch\)'):
-        wavevit_mm.register_backbone()
+@pytest.mark.slow  # a fresh interpreter importing torch and mmengine
+def test_imports_and_builds_without_any_downstream_package():
+    """mmdet, mmseg and mmpretrain unimportable: ``import wavevit_mm``
+    neither needs nor imports them, and mmengine's own registry builds the
+    backbone."""
+    script = textwrap.dedent(f'''
+        import sys, torch
+        for name in ('mmdet', 'mmseg', 'mmpretrain'):
+            sys.modules[name] = None  # import raises ModuleNotFoundError
+        import wavevit_mm
+        from mmengine.registry import MODELS
+        model = MODELS.build(dict(type='WaveViT', arch={TINY!r}))
+        outs = model(torch.randn(1, 3, 32, 32))
+        print(type(model).__name__, [tuple(o.shape) for o in outs])
+    ''')
+    result = subprocess.run([sys.executable, '-W', 'error::UserWarning',
+                             '-c', script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert ('WaveViT [(1, 16, 8, 8), (1, 32, 4, 4), (1, 48, 2, 2), '
+            '(1, 64, 1, 1)]') in result.stdout

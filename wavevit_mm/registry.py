@@ -1,60 +1,40 @@
-"""Registration of the backbone in the installed OpenMMLab model registries.
+"""Where ``type='WaveViT'`` and the classifier are registered.
 
-``import wavevit_mm`` makes ``type='WaveViT'`` buildable from mmdet and
-mmseg configs (and mmpretrain's, when it is installed, with the classifier
-``WaveViTClassifier`` and its head ``WaveViTClsHead``). The hooks and the
-optimizer wrapper of :mod:`wavevit_mm.engine` and the checkpoint backend
-live in mmengine's root registries, which those packages' registries
-inherit from.
+:class:`~wavevit_mm.models.WaveViT` is registered in mmengine's root
+``MODELS`` (``@MODELS.register_module()`` on the class), as are the hooks,
+the optimizer wrapper and the checkpoint backend in mmengine's other root
+registries. mmdet's, mmseg's and mmpretrain's registries search their
+parent, the root, for a type they do not hold, so ``import wavevit_mm``
+(configs do it through ``custom_imports``) makes the backbone buildable
+from all of them without importing any of them.
 
-Each of the packages is optional: one that is not installed is skipped
-silently, one that is installed but does not import (e.g. mmpretrain
-beside a torchvision built for another torch) is skipped with one warning
-that names it and its error, so it never takes the others' users down.
-Only when none of them can be used is the import an error.
+The classifier (``WaveViTClassifier``, ``WaveViTClsHead``) extends
+mmpretrain's classes and lives in its registry; it is imported when
+mmpretrain is installed. An installed mmpretrain that does not import
+(e.g. beside a torchvision built for another torch) is skipped with one
+warning that names it and its error, so it never takes the detection and
+segmentation users down.
 """
 import importlib
 import importlib.util
 import warnings
-from typing import Dict, List
-
-from .models import WaveViT
-
-REGISTRY_PACKAGES = ('mmdet', 'mmseg', 'mmpretrain')
 
 
-def register_backbone() -> List[str]:
-    """Register :class:`WaveViT` in every usable package's ``MODELS``.
+def register_classifier() -> bool:
+    """Register the mmpretrain classifier if mmpretrain can be used.
 
-    Returns the names of the packages it is registered in.
+    Returns whether it is registered.
     """
-    registered: List[str] = []
-    broken: Dict[str, str] = {}
-    for package in REGISTRY_PACKAGES:
-        if importlib.util.find_spec(package) is None:
-            continue
-        try:
-            models = importlib.import_module(f'{package}.registry').MODELS
-            if package == 'mmpretrain':  # the classifier needs mmpretrain
-                importlib.import_module('wavevit_mm.models.classification')
-        except Exception as error:  # any failure of a third-party import
-            broken[package] = f'{type(error).__name__}: {error}'
-            continue
-        if models.module_dict.get(WaveViT.__name__) is not WaveViT:
-            models.register_module(module=WaveViT, force=True)
-        registered.append(package)
-    reasons = '; '.join(f'{name} ({error})' for name, error in broken.items())
-    if not registered:
-        found = (f'none of them imports: {reasons}' if broken
-                 else 'none of them is installed')
-        raise ImportError(
-            f'wavevit_mm needs mmdet or mmsegmentation (or mmpretrain) to '
-            f'register the WaveViT backbone; {found}')
-    if broken:
+    if importlib.util.find_spec('mmpretrain') is None:
+        return False
+    try:
+        importlib.import_module('wavevit_mm.models.classification')
+    except Exception as error:  # any failure of a third-party import
         warnings.warn(
-            f'wavevit_mm: WaveViT is registered for '
-            f'{" and ".join(registered)}, but not for {reasons}: '
-            f'{"it is" if len(broken) == 1 else "they are"} installed but '
-            f'cannot be imported. Fix or uninstall '
-            f'{" and ".join(broken)} to use WaveViT there.', stacklevel=2)
-    return registered
+            f'wavevit_mm: the WaveViT classifier is not registered for '
+            f'mmpretrain ({type(error).__name__}: {error}): mmpretrain is '
+            f'installed but cannot be imported. Fix or uninstall it to '
+            f'classify with Wave-ViT; the backbone is registered for every '
+            f'package either way.', stacklevel=2)
+        return False
+    return True

@@ -9,7 +9,8 @@ At test time the two are combined as ``cls + 0.5 * max over tokens of
 aux``. :class:`WaveViTClsHead` is that part, :class:`WaveViTClassifier`
 mmpretrain's ``ImageClassifier`` that also loads the official checkpoints.
 
-Imported when mmpretrain is installed (:mod:`wavevit_mm.registry`).
+Imported when mmpretrain is installed
+(:func:`wavevit_mm.registry.register_classifier`).
 """
 from typing import Dict, List, Optional, Tuple
 

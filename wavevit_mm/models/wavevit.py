@@ -20,6 +20,7 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import (constant_init, initialize,
                                         trunc_normal_init)
+from mmengine.registry import MODELS
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -298,6 +299,7 @@ class Stage(nn.Module):
         return tokens_to_map(self.norm(x), hw)         # (B, C, H, W)
 
 
+@MODELS.register_module()
 class WaveViT(BaseModule):
     """Wave-ViT backbone: a four-stage pyramid (strides 4 to 32), wavelet
     attention in the first two stages, global attention in the last two.
