@@ -22,11 +22,14 @@ class AtomicCheckpointHook(CheckpointHook):
     usable one. Here checkpoints on the local disk are written through
     :class:`~wavevit_mm.checkpoint.AtomicLocalBackend` (a hidden temporary
     file, flushed and renamed), ``last_checkpoint`` is replaced the same
-    way once the file it names is in place, and outdated ones are deleted
-    only after that. A write the disk refuses (full, a file-size limit,
-    read-only) stops the run with a
-    :class:`~wavevit_mm.errors.CheckpointWriteError` naming the folder and
-    the bytes needed, everything already there left as it was. Other
+    way once the file it names is in place, and outdated ones
+    (``max_keep_ckpts``) and the previous best one are deleted only after
+    that; the temporary files a killed run left are removed when training
+    starts. A write the disk refuses (full, a file-size limit, read-only)
+    stops the run with a :class:`~wavevit_mm.errors.CheckpointWriteError`
+    naming the folder and the bytes needed, everything already there left
+    as it was: no temporary file, the deletions that waited for the new
+    file dropped, ``last_checkpoint`` naming the previous checkpoint. Other
     storage backends are written as mmengine does.
 
     The two methods overridden are private to mmengine's CheckpointHook

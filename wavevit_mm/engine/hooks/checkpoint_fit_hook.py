@@ -28,7 +28,10 @@ class CheckpointFitHook(Hook):
       one log block lists them by module. It is refused when the backbone
       does not fit or when under half of the model's weights would come
       from the file (:func:`~wavevit_mm.models.pretrained.
-      fit_for_fine_tuning`).
+      fit_for_fine_tuning`). mmengine is then handed exactly the model's
+      keys, so it adds no warnings of its own.
+
+    A refused checkpoint stops the run before the first iteration.
     """
 
     priority = 'VERY_HIGH'  # before EMAHook and others use the checkpoint

@@ -33,6 +33,9 @@ class FiniteCheckHook(Hook):
     The check runs every iteration before any checkpoint hook, so the last
     checkpoint on disk is the last good one. The error names the iteration,
     the loss terms that are not finite and the images of the batch.
+    Weights can overflow while the loss that led there is still finite:
+    they are checked again before each checkpoint is saved, and the error
+    names them instead of saving them.
     """
 
     priority = 'ABOVE_NORMAL'

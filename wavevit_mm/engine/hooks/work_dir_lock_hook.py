@@ -183,8 +183,9 @@ class WorkDirLockHook(Hook):
     :func:`lock_work_dir`, and the folder checkpoints are written to where
     a checkpoint hook's ``out_dir`` puts them elsewhere (two work dirs of
     the same name would share it); every rank stops with the same error if
-    one is taken. Testing and validating do not lock: they write no
-    checkpoints.
+    one is taken. When training ends the lock is released and its file
+    emptied (:func:`unlock_work_dir`). Testing and validating do not lock:
+    they write no checkpoints.
     """
 
     priority = 'VERY_HIGH'
