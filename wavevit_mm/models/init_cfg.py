@@ -1,5 +1,5 @@
-"""``init_cfg`` of a backbone as mmengine defines it, checked when the
-backbone is built.
+"""How a Wave-ViT is initialised: the official initialisation, and
+``init_cfg`` as mmengine defines it, checked when the backbone is built.
 
 An ``init_cfg`` is a dict or a list of dicts. ``Pretrained`` entries load
 backbone weights (strictly, :mod:`.pretrained`); the other entries name
@@ -14,7 +14,9 @@ the datasets are loaded) is refused here, when the model is built.
 import copy
 from typing import Dict, List, Optional, Tuple, Union
 
+import torch
 from mmengine.model import PretrainedInit
+from mmengine.model.weight_init import constant_init, trunc_normal_init
 from mmengine.registry import WEIGHT_INITIALIZERS
 from torch import nn
 
@@ -26,6 +28,27 @@ InitCfg = Optional[Union[Dict, List[Dict]]]
 #: ``prefix``, ``map_location``) and ``trusted`` (see
 #: :func:`wavevit_mm.checkpoint.load_checkpoint`).
 PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location', 'trusted')
+
+
+def official_init(module: nn.Module) -> None:
+    """The official initialisation: truncated-normal Linear weights (std
+    0.02), unit LayerNorms, He-normal convolutions (fan out), zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            trunc_normal_init(m, std=.02, bias=0.)
+        elif isinstance(m, nn.LayerNorm):
+            constant_init(m, val=1.0, bias=0.)
+        elif isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * \
+                m.out_channels // m.groups
+            # drawn in NCHW order: the same weights whatever the layout
+            drawn = torch.empty(m.weight.shape, dtype=m.weight.dtype,
+                                device=m.weight.device)
+            nn.init.normal_(drawn, mean=0., std=(2.0 / fan_out)**0.5)
+            with torch.no_grad():
+                m.weight.copy_(drawn)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def init_cfg_entries(init_cfg: InitCfg) -> List[Dict]:

@@ -18,15 +18,14 @@ from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
-from mmengine.model.weight_init import (constant_init, initialize,
-                                        trunc_normal_init)
+from mmengine.model.weight_init import initialize
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops import DWT2D, IDWT2D
 from . import runtime
-from .init_cfg import check_init_cfg, split_init_cfg
+from .init_cfg import check_init_cfg, official_init, split_init_cfg
 from .pretrained import format_summary, load_pretrained
 
 #: Wave-ViT has four stages; the first two use wavelet attention.
@@ -437,7 +436,7 @@ class WaveViT(BaseModule):
         With a ``Pretrained`` entry every weight comes from the file."""
         initializers, pretrained = split_init_cfg(self.init_cfg)
         if not pretrained:
-            self._official_init()
+            official_init(self)
         if initializers:
             initialize(self, initializers)
         for entry in pretrained:
@@ -445,26 +444,6 @@ class WaveViT(BaseModule):
                                      entry.get('prefix'),
                                      entry.get('trusted', False))
             MMLogger.get_current_instance().info(format_summary(report))
-
-    def _official_init(self) -> None:
-        """Truncated-normal Linear weights (std 0.02), unit LayerNorms,
-        He-normal convolutions (fan out), zero biases."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_init(m, std=.02, bias=0.)
-            elif isinstance(m, nn.LayerNorm):
-                constant_init(m, val=1.0, bias=0.)
-            elif isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * \
-                    m.out_channels // m.groups
-                # drawn in NCHW order: the same weights whatever the layout
-                drawn = torch.empty(m.weight.shape, dtype=m.weight.dtype,
-                                    device=m.weight.device)
-                nn.init.normal_(drawn, mean=0., std=(2.0 / fan_out)**0.5)
-                with torch.no_grad():
-                    m.weight.copy_(drawn)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
 
     @property
     def stem(self) -> Stem:
