@@ -143,7 +143,7 @@ def _wavelet_attention(x: Tensor, sd: Dict[str, Tensor], b: str, height: int,
     y = _conv(conv_haar_dwt(y), sd, f'{b}.attn.filter.0', padding=1)
     bands = F.relu(_bn(y, sd, f'{b}.attn.filter.1', training))
     local = _to_tokens(conv_haar_idwt(bands, (height, width)))
-    sr = sd[f'{b}.attn.kv_embed.weight'].shape[-1]
+    sr = int(sd[f'{b}.attn.kv_embed.weight'].shape[-1])  # an int when traced
     band_h, band_w = bands.shape[-2:]
     bands = F.pad(bands, (0, math.ceil(band_w / sr) * sr - band_w,
                           0, math.ceil(band_h / sr) * sr - band_h))
@@ -177,7 +177,7 @@ def forward_stages(sd: Dict[str, Tensor], num_heads: Sequence[int],
     for i in range(len(num_heads)):
         if i == 0:
             for k, stride in ((0, 2), (3, 1), (6, 1)):
-                size = sd[f'patch_embed1.conv.{k}.weight'].shape[-1]
+                size = int(sd[f'patch_embed1.conv.{k}.weight'].shape[-1])
                 x = _conv(x, sd, f'patch_embed1.conv.{k}', stride=stride,
                           padding=size // 2)
                 x = F.relu(_bn(x, sd, f'patch_embed1.conv.{k + 1}', training))
