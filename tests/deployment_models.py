@@ -9,8 +9,8 @@ from mmdet.structures import DetDataSample
 
 from helpers import ROOT
 from toy_runs import TOY
-from wavevit_mm.apis import build_model, load_config
-from wavevit_mm.apis.deployment import image_metas
+from wavevit_mm.tools import build_model, load_config
+from wavevit_mm.tools.deployment import image_metas
 
 RETINANET_CONFIG = os.path.join(TOY, 'configs',
                                 'retinanet_wavevit_toy_coco.py')
@@ -108,7 +108,7 @@ def assert_gives_mmdets_detections(model, path, size):
     """The file's raw outputs on a random input of ``size``, decoded by
     the head's own ``predict_by_feat``, against mmdet's ``predict`` on
     the model: as many detections, 98% matched, the same scores."""
-    from wavevit_mm.apis.deployment import (decode_detections,
+    from wavevit_mm.tools.deployment import (decode_detections,
                                             matched_detections)
     x, samples = detector_input(size)
     with torch.no_grad():

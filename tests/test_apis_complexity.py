@@ -1,4 +1,4 @@
-"""wavevit_mm.apis.complexity: multiply-adds as mmengine counts them
+"""wavevit_mm.tools.complexity: multiply-adds as mmengine counts them
 (with fused attention, which its counter does not know), against the
 architecture written out by hand in tests/helpers.py; the synthetic
 batches the benchmark and the config tests feed models."""
@@ -7,8 +7,8 @@ import torch
 
 from helpers import wavevit_multiply_adds
 from wavevit_mm import WaveViT
-from wavevit_mm.apis import synthetic_inputs
-from wavevit_mm.apis.complexity import count_complexity, format_count
+from wavevit_mm.tools import synthetic_inputs
+from wavevit_mm.tools.complexity import count_complexity, format_count
 
 
 @pytest.mark.parametrize('arch,size,compile', [

@@ -1,4 +1,4 @@
-"""wavevit_mm.apis.config: configs load with clear errors, the backbone
+"""wavevit_mm.tools.config: configs load with clear errors, the backbone
 settings and dataset paths are checked before any work is done, and the
 safeguard hooks a run uses are the ones its config shows."""
 import os
@@ -7,7 +7,7 @@ import pytest
 from mmengine.config import Config
 
 from helpers import ROOT
-from wavevit_mm.apis import (apply_train_options, check_backbone_config,
+from wavevit_mm.tools import (apply_train_options, check_backbone_config,
                              check_data_paths, load_config, setup_work_dir)
 from wavevit_mm.errors import ConfigError, DataError
 

@@ -1,4 +1,4 @@
-"""wavevit_mm.apis.convert: any Wave-ViT checkpoint to a backbone-only
+"""wavevit_mm.tools.convert: any Wave-ViT checkpoint to a backbone-only
 file that loads strictly, written all or nothing."""
 import os
 
@@ -9,7 +9,7 @@ from mmengine.runner import load_checkpoint as mmengine_load_checkpoint
 from helpers import (assert_backbone_equals, expected_backbone, official,
                      pretrained, save, wrap)
 from wavevit_mm import WaveViT
-from wavevit_mm.apis import convert_checkpoint
+from wavevit_mm.tools import convert_checkpoint
 from wavevit_mm.checkpoint import CheckpointError, load_checkpoint
 from wavevit_mm.errors import CheckpointWriteError
 

@@ -1,4 +1,4 @@
-"""wavevit_mm.apis.deployment: each shipped model family's toy model
+"""wavevit_mm.tools.deployment: each shipped model family's toy model
 exported to ONNX, run in ONNX Runtime and compared with eager PyTorch
 (mmdet's and mmseg's own ``predict``); the refusals, each one paragraph.
 """
@@ -19,10 +19,10 @@ from deployment_models import (RETINANET_CONFIG, TOY_ARCH, TOY_SIZE,
                                one_class_everywhere, run, save_checkpoint,
                                toy_one_stage_config)
 from toy_runs import SEG_CONFIG
-from wavevit_mm.apis import predict_image
-from wavevit_mm.apis.deployment import (ExportError, export_onnx,
+from wavevit_mm.tools import predict_image
+from wavevit_mm.tools.deployment import (ExportError, export_onnx,
                                         predict_image_onnx)
-from wavevit_mm.apis.inference import draw_prediction, read_image
+from wavevit_mm.tools.inference import draw_prediction, read_image
 from wavevit_mm.errors import CheckpointError
 
 
@@ -188,7 +188,7 @@ def test_a_checkpoint_of_another_model_is_refused(upernet, tmp_path):
 @pytest.mark.slow
 def test_a_file_that_fails_its_check_is_not_left(retinanet, tmp_path,
                                                  monkeypatch):
-    from wavevit_mm.apis.deployment import verification
+    from wavevit_mm.tools.deployment import verification
     monkeypatch.setattr(verification, 'MAX_RELATIVE_DIFFERENCE', -1.)
     out = tmp_path / 'backbone.onnx'
     out.write_bytes(b'an earlier export')
@@ -216,7 +216,7 @@ def test_the_package_and_training_need_no_onnx():
         import runpy, sys
         for name in ('onnx', 'onnxruntime', 'onnxscript'):
             sys.modules[name] = None
-        import wavevit_mm, wavevit_mm.apis, wavevit_mm.apis.deployment
+        import wavevit_mm, wavevit_mm.tools, wavevit_mm.tools.deployment
         sys.argv = ['train.py', '--help']
         try:
             runpy.run_path('tools/train.py', run_name='__main__')
@@ -232,7 +232,7 @@ def test_the_package_and_training_need_no_onnx():
 
 
 def toy_backbone():
-    from wavevit_mm.apis.deployment import BackboneFeatures
+    from wavevit_mm.tools.deployment import BackboneFeatures
     from wavevit_mm.models import WaveViT
     torch.manual_seed(0)
     return BackboneFeatures(WaveViT(TOY_ARCH)).eval()
@@ -242,7 +242,7 @@ def toy_backbone():
 def test_a_plain_export_holds_standard_operators_only():
     """What TensorRT and OpenVINO read: the default ONNX domain, opset 18,
     attention as MatMul and Softmax."""
-    from wavevit_mm.apis.deployment import OPSET, onnx_model
+    from wavevit_mm.tools.deployment import OPSET, onnx_model
     model = onnx_model(toy_backbone(), (64, 64), dynamic=False)
     assert {node.domain for node in model.graph.node} == {''}
     assert [(o.domain, o.version) for o in model.opset_import] == [('', OPSET)]
@@ -255,7 +255,7 @@ def test_a_fused_export_runs_onnxruntimes_operators_at_any_size(tmp_path):
     attention in ONNX Runtime), GELU one Gelu, residual + LayerNorm one
     SkipLayerNormalization; exported with dynamic sizes, the file gives
     eager PyTorch's feature maps at the export size and at odd ones."""
-    from wavevit_mm.apis.deployment import onnx_model, onnx_session
+    from wavevit_mm.tools.deployment import onnx_model, onnx_session
     module = toy_backbone()
     model = onnx_model(module, (64, 64), dynamic=True, fuse=True)
     ops = [node.op_type for node in model.graph.node]
@@ -302,7 +302,7 @@ def test_a_fused_export_runs_each_feed_forward_in_one_layout(tmp_path):
     the hidden map in that layout: no reorder reads or writes it."""
     import onnx
     import onnxruntime
-    from wavevit_mm.apis.deployment import onnx_model, session_options
+    from wavevit_mm.tools.deployment import onnx_model, session_options
     module = toy_backbone()
     model = onnx_model(module, (64, 96), dynamic=False, fuse=True)
     producer, consumers = producers_and_consumers(model.graph)

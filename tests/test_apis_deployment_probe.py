@@ -1,4 +1,4 @@
-"""wavevit_mm.apis.deployment.probe: the picture an exported file is
+"""wavevit_mm.tools.deployment.probe: the picture an exported file is
 checked on and the batch it becomes, against the normalisation written
 out from the config."""
 import os
@@ -9,10 +9,10 @@ import torch
 
 from deployment_models import RETINANET_CONFIG
 from toy_runs import SEG_CONFIG
-from wavevit_mm.apis import build_model, load_config
-from wavevit_mm.apis.deployment import (check_input, probe_image,
+from wavevit_mm.tools import build_model, load_config
+from wavevit_mm.tools.deployment import (check_input, probe_image,
                                         synthetic_image)
-from wavevit_mm.apis.inference import read_image
+from wavevit_mm.tools.inference import read_image
 from wavevit_mm.errors import InputError
 
 

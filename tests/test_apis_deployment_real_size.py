@@ -13,8 +13,8 @@ from mmseg.structures import SegDataSample
 from deployment_models import run
 from helpers import ROOT
 from toy_runs import run_process, tool
-from wavevit_mm.apis import build_model, load_config
-from wavevit_mm.apis.deployment import check_input, synthetic_image
+from wavevit_mm.tools import build_model, load_config
+from wavevit_mm.tools.deployment import check_input, synthetic_image
 
 pytestmark = pytest.mark.slow
 

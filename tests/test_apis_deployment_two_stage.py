@@ -1,4 +1,4 @@
-"""Mask R-CNN exported whole (wavevit_mm.apis.deployment.two_stage): the
+"""Mask R-CNN exported whole (wavevit_mm.tools.deployment.two_stage): the
 rebuilt test path against mmdet's own ``predict``, the file in ONNX Runtime
 against it at the export size and at odd ones, and the two-stage detectors
 that stay refused, each with one paragraph."""
@@ -10,12 +10,12 @@ from mmdet.structures import DetDataSample
 
 from deployment_models import TOY_SIZE, run, save_checkpoint, toy_config
 from toy_runs import DET_CONFIG
-from wavevit_mm.apis import build_model, load_config
-from wavevit_mm.apis.deployment import (ExportError, export_onnx, exportable,
+from wavevit_mm.tools import build_model, load_config
+from wavevit_mm.tools.deployment import (ExportError, export_onnx, exportable,
                                         image_metas)
-from wavevit_mm.apis.deployment.two_stage import (MaskRCNNOutputs,
+from wavevit_mm.tools.deployment.two_stage import (MaskRCNNOutputs,
                                                   predicted_instances)
-from wavevit_mm.apis.deployment.verification import matched_pairs
+from wavevit_mm.tools.deployment.verification import matched_pairs
 
 #: the untrained toy's class scores are near 1/4, above the test
 #: config's score_thr of 0.05: every image gives max_per_img detections
@@ -204,7 +204,7 @@ def test_detections_of_one_runtime_only_fail_the_check_in_words(mask_rcnn):
     """Detections found on one side only: matched 0 of 100, not kept; with
     none on either side the proposals and their class scores carry the
     check; with nothing at all, nothing was compared and nothing is kept."""
-    from wavevit_mm.apis.deployment.verification import check_instances
+    from wavevit_mm.tools.deployment.verification import check_instances
     model = mask_rcnn[0]
     module = exportable(model, DET_CONFIG)
     x = torch.randn(1, 3, *TOY_SIZE,

@@ -1,10 +1,10 @@
-"""wavevit_mm.apis.inference: the demo's image reading. (The demo itself
+"""wavevit_mm.tools.inference: the demo's image reading. (The demo itself
 runs in tests/test_tools_e2e.py and tests/test_tools_bad_inputs.py.)"""
 import cv2
 import numpy as np
 import pytest
 
-from wavevit_mm.apis.inference import read_image
+from wavevit_mm.tools.inference import read_image
 from wavevit_mm.errors import DataError
 
 

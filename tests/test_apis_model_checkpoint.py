@@ -1,4 +1,4 @@
-"""wavevit_mm.apis.check_fits: the checkpoint of a whole model
+"""wavevit_mm.tools.check_fits: the checkpoint of a whole model
 (tools/test.py, tools/image_demo.py) must fit the model built from the
 config; when it does not, the error says what the file holds."""
 import pytest
@@ -7,7 +7,7 @@ from torch import nn
 
 from helpers import TINY, official, save
 from wavevit_mm import WaveViT
-from wavevit_mm.apis import check_fits, read_model_weights
+from wavevit_mm.tools import check_fits, read_model_weights
 from wavevit_mm.checkpoint import CheckpointError
 
 

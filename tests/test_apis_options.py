@@ -1,4 +1,4 @@
-"""wavevit_mm.apis.options, what tools/train.py and tools/test.py set up
+"""wavevit_mm.tools.options, what tools/train.py and tools/test.py set up
 from their switches before a run: the checkpoint --resume picks (never one
 that does not read back), load_from read first, --amp, --tta (mmdet's
 default where a config has none)."""
@@ -10,7 +10,7 @@ import torch
 from mmengine.config import Config
 
 from toy_runs import TOY
-from wavevit_mm.apis import (apply_test_options, apply_train_options,
+from wavevit_mm.tools import (apply_test_options, apply_train_options,
                              find_resume_checkpoint)
 from wavevit_mm.checkpoint import CheckpointError
 from wavevit_mm.errors import ConfigError

@@ -1,4 +1,4 @@
-"""wavevit_mm.apis.publish, what tools/model_converters/publish_model.py
+"""wavevit_mm.tools.publish, what tools/model_converters/publish_model.py
 does: mmdet's publishing (weights and meta kept, the training state
 dropped, the sha256 in the name), written atomically, never over an
 existing file without force."""
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from wavevit_mm.apis.publish import (plain_values, publish_checkpoint,
+from wavevit_mm.tools.publish import (plain_values, publish_checkpoint,
                                      published_name)
 from wavevit_mm.checkpoint import CheckpointError, load_checkpoint
 

@@ -17,7 +17,7 @@ import torch
 
 from helpers import ROOT, TINY
 from wavevit_mm import WaveViT, compat
-from wavevit_mm.apis.deployment import export_onnx, onnx_model
+from wavevit_mm.tools.deployment import export_onnx, onnx_model
 from wavevit_mm.errors import InputError
 
 ODD_SIZE = (45, 61)  # odd at every stage

@@ -9,7 +9,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from helpers import ROOT
 from wavevit_mm import WaveViT
-from wavevit_mm.apis import build_model, synthetic_inputs
+from wavevit_mm.tools import build_model, synthetic_inputs
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py'))) + sorted(
     glob.glob(os.path.join(ROOT, 'projects', '*', 'configs', '*.py')))
 DIMS = {'s': [64, 128, 320, 448], 'b': [64, 128, 320, 512]}

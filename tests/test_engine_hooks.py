@@ -22,7 +22,7 @@ from mmengine.runner import Runner
 from torch import nn
 
 from helpers import ROOT
-from wavevit_mm.apis import find_resume_checkpoint
+from wavevit_mm.tools import find_resume_checkpoint
 from wavevit_mm.checkpoint import CheckpointError, load_checkpoint
 from wavevit_mm.errors import CheckpointWriteError, TrainingDivergedError
 

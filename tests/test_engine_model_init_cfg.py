@@ -14,7 +14,7 @@ import torch
 from mmengine.hooks import Hook
 
 from toy_runs import DET_CONFIG, SEG_CONFIG, TOY
-from wavevit_mm.apis import build_model, load_config
+from wavevit_mm.tools import build_model, load_config
 from wavevit_mm.engine import SafeguardedRunner
 from wavevit_mm.errors import CheckpointError
 

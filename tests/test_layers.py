@@ -19,7 +19,7 @@ LAYERS = {
     'models': 4,
     'engine': 5,
     'registry': 5,
-    'apis': 6,
+    'tools': 6,
 }
 
 

@@ -359,7 +359,7 @@ def test_fused_onnx_export_has_the_runtime_gelu_and_skip_layernorm(
     assert ops['fused'] & {'Gelu', 'BiasGelu'}
     assert 'SkipLayerNormalization' in ops['fused']
     assert 'Erf' not in ops['fused']
-    from wavevit_mm.apis.deployment import onnx_session, run_session
+    from wavevit_mm.tools.deployment import onnx_session, run_session
     image = torch.randn(1, 3, 2, 4)
     with torch.no_grad():
         expected = module(image)

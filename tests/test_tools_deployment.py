@@ -197,8 +197,8 @@ def test_a_model_that_detects_nothing_is_checked_before_the_threshold(
     their class scores compared, a line saying so, and the file; no
     traceback, no initialisation log."""
     from mmdet.structures import DetDataSample
-    from wavevit_mm.apis import load_config
-    from wavevit_mm.apis.deployment import (check_input, image_metas,
+    from wavevit_mm.tools import load_config
+    from wavevit_mm.tools.deployment import (check_input, image_metas,
                                             synthetic_image)
     model, _, out, result = nothing_detected
     assert result.returncode == 0, result.stderr

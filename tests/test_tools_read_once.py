@@ -10,7 +10,7 @@ import torch
 
 from toy_runs import DET_CONFIG, run_tool
 from wavevit_mm import WaveViT
-from wavevit_mm.apis import load_config
+from wavevit_mm.tools import load_config
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import torch
 
 from helpers import globals_torch_refuses
 from toy_runs import DET_CONFIG, ENV, kill_when_logged, run_process, tool
-from wavevit_mm.apis import find_resume_checkpoint
+from wavevit_mm.tools import find_resume_checkpoint
 from wavevit_mm.checkpoint import CheckpointError, load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -155,7 +155,7 @@ DIES_WHILE_SAVING = textwrap.dedent('''
     from mmengine.fileio import LocalBackend
     from mmengine.model import BaseModel
     from mmengine.runner import Runner
-    from wavevit_mm.apis import find_resume_checkpoint
+    from wavevit_mm.tools import find_resume_checkpoint
 
     hook, work_dir, mode = sys.argv[1:]
     put, writes = LocalBackend.put, []

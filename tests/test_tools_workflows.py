@@ -17,7 +17,7 @@ import torch
 
 from helpers import ROOT
 from toy_runs import SEG_CONFIG, TOY, run_process, tool
-from wavevit_mm.apis import build_model, load_config
+from wavevit_mm.tools import build_model, load_config
 
 pytestmark = pytest.mark.slow
 

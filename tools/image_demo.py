@@ -2,8 +2,8 @@
 segmentation overlay)."""
 import argparse
 
-from wavevit_mm.apis import describe, predict_image
-from wavevit_mm.apis.inference import add_drawing_arguments
+from wavevit_mm.tools import describe, predict_image
+from wavevit_mm.tools.inference import add_drawing_arguments
 from wavevit_mm.errors import report_errors
 
 

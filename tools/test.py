@@ -4,7 +4,7 @@ import argparse
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from wavevit_mm import apis
+from wavevit_mm import tools
 from wavevit_mm.checkpoint import read_once
 from wavevit_mm.errors import report_errors
 
@@ -23,7 +23,7 @@ def parse_args():
                         'tta_model and tta_pipeline, else mmdet\'s default '
                         '(horizontal flip, merged by NMS); not for instance '
                         'segmentation')
-    apis.add_run_arguments(parser)
+    tools.add_run_arguments(parser)
     return parser.parse_args()
 
 
@@ -32,18 +32,18 @@ def main():
     # read_once: the checkpoint checked here is handed to the Runner, not
     # deserialized again
     with report_errors('test.py'), read_once():
-        weights, _ = apis.read_model_weights(args.checkpoint)
-        cfg = apis.load_run_config(args, ['test'])
-        apis.apply_test_options(cfg, args.checkpoint, args.out,
+        weights, _ = tools.read_model_weights(args.checkpoint)
+        cfg = tools.load_run_config(args, ['test'])
+        tools.apply_test_options(cfg, args.checkpoint, args.out,
                                 args.show_dir, args.tta)
-        apis.setup_cpu_distributed(cfg, args.launcher)
+        tools.setup_cpu_distributed(cfg, args.launcher)
         # the config's runner_type (SafeguardedRunner), as mmdet's tools
         runner = (RUNNERS.build(cfg) if 'runner_type' in cfg
                   else Runner.from_cfg(cfg))
-        apis.check_fits(weights, runner.model, args.checkpoint)
+        tools.check_fits(weights, runner.model, args.checkpoint)
         del weights
         runner.test()
-    apis.shut_down_distributed()
+    tools.shut_down_distributed()
 
 
 if __name__ == '__main__':

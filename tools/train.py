@@ -4,7 +4,7 @@ import argparse
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from wavevit_mm import apis
+from wavevit_mm import tools
 from wavevit_mm.checkpoint import read_once
 from wavevit_mm.errors import report_errors
 
@@ -12,7 +12,7 @@ from wavevit_mm.errors import report_errors
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('config', help='train config file path')
-    apis.add_run_arguments(parser)
+    tools.add_run_arguments(parser)
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision: bfloat16 on GPUs '
                         'that support it, else float16; bfloat16 backbone on '
@@ -34,15 +34,15 @@ def main():
     # read_once: the checkpoints checked here (pretrained weights, the one
     # to resume from) are handed to the Runner, not deserialized again
     with report_errors('train.py'), read_once():
-        cfg = apis.load_run_config(args, ['train', 'val'], pretrained=True)
-        apis.apply_train_options(cfg, args.amp, args.auto_scale_lr,
+        cfg = tools.load_run_config(args, ['train', 'val'], pretrained=True)
+        tools.apply_train_options(cfg, args.amp, args.auto_scale_lr,
                                  args.resume, args.compile)
-        apis.setup_cpu_distributed(cfg, args.launcher)
+        tools.setup_cpu_distributed(cfg, args.launcher)
         # the config's runner_type (SafeguardedRunner), as mmdet's tools
         runner = (RUNNERS.build(cfg) if 'runner_type' in cfg
                   else Runner.from_cfg(cfg))
         runner.train()
-    apis.shut_down_distributed()
+    tools.shut_down_distributed()
 
 
 if __name__ == '__main__':

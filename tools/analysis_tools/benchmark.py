@@ -11,7 +11,7 @@ from mmengine.logging import MMLogger
 
 from benchmarking import (backbones, detector, haar, latency, memory,
                           onnx_runtime, operators, report, timing)
-from wavevit_mm.apis import deployment
+from wavevit_mm.tools import deployment
 from wavevit_mm.errors import report_errors
 
 

@@ -4,7 +4,7 @@ import argparse
 
 from mmengine.config import Config, DictAction
 
-from wavevit_mm.apis import model_complexity
+from wavevit_mm.tools import model_complexity
 
 
 def parse_args():

@@ -58,8 +58,8 @@ def parse_args():
 def save_initialised(config: str, path: str) -> None:
     """The model as ``config`` initialises it, saved as a checkpoint."""
     import torch
-    from wavevit_mm.apis import build_model, load_config
-    from wavevit_mm.apis.deployment import log_level
+    from wavevit_mm.tools import build_model, load_config
+    from wavevit_mm.tools.deployment import log_level
     with log_level('WARNING'):
         model = build_model(load_config(config))
     torch.save(dict(state_dict=model.state_dict()), path)

@@ -19,7 +19,7 @@ import argparse
 
 from mmengine.config import DictAction
 
-from wavevit_mm.apis.deployment import (LOG_LEVELS, export_onnx,
+from wavevit_mm.tools.deployment import (LOG_LEVELS, export_onnx,
                                         format_checks, log_level)
 from wavevit_mm.errors import report_errors
 

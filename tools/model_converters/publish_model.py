@@ -13,7 +13,7 @@ one that never imports wavevit_mm included.
 import argparse
 import sys
 
-from wavevit_mm.apis.publish import publish_checkpoint
+from wavevit_mm.tools.publish import publish_checkpoint
 from wavevit_mm.errors import CheckpointError
 
 

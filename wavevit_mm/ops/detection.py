@@ -4,7 +4,7 @@
 Eagerly they run mmcv's compiled ``nms`` and ``roi_align``, the ones mmdet's
 heads call, so results equal mmdet's; their fake implementations let
 torch.export trace through them (NMS keeps a number of boxes known only at
-run time), and ``apis.deployment`` translates them to ONNX
+run time), and ``tools.deployment`` translates them to ONNX
 NonMaxSuppression and RoiAlign. A torch without ``torch.library.custom_op``
 (before 2.4) gets them as plain operators, without fake implementations:
 they run eagerly, and the ONNX export they serve needs torch 2.6 anyway.

@@ -8,7 +8,7 @@ import torch
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 
-from wavevit_mm.apis import apply_train_options, build_model, synthetic_inputs
+from wavevit_mm.tools import apply_train_options, build_model, synthetic_inputs
 
 from .timing import time_call
 

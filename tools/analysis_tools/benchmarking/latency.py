@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from wavevit_mm.apis.complexity import count_complexity
+from wavevit_mm.tools.complexity import count_complexity
 
 from .backbones import build_backbone, train_step
 from .memory import peak_train_memory

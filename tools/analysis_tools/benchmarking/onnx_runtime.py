@@ -1,7 +1,7 @@
 """ONNX Runtime against PyTorch eager on the same input, in one run: the
 RetinaNet Wave-ViT-S detector (random weights, the head's raw outputs) and
 its Wave-ViT-S backbone alone, each exported as the deployment tool exports it
-(``wavevit_mm.apis.deployment.onnx_model``) and run in the session it
+(``wavevit_mm.tools.deployment.onnx_model``) and run in the session it
 uses (``onnx_session``: every graph optimisation, CUDA where
 onnxruntime-gpu offers it).
 
@@ -11,7 +11,7 @@ An export *variant* is what is done to the file before the session:
 - ``fixed``: the size fixed at export, so shapes are constants the runtime
   can fold;
 - ``fused``: ``fixed`` with ONNX Runtime's fused operators, as
-  ``pytorch2onnx.py --fuse`` writes them (``apis.deployment.fusion``):
+  ``pytorch2onnx.py --fuse`` writes them (``tools.deployment.fusion``):
   attention as MultiHeadAttention (a flash attention on the CPU), GELU as
   ``Gelu``, residual Add + LayerNormalization as ``SkipLayerNormalization``
   (ORT's own session optimiser fuses none of these patterns here), and
@@ -32,8 +32,8 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
-from wavevit_mm.apis import build_model
-from wavevit_mm.apis.deployment import (BackboneFeatures, DenseHeadOutputs,
+from wavevit_mm.tools import build_model
+from wavevit_mm.tools.deployment import (BackboneFeatures, DenseHeadOutputs,
                                         default_shape, differences,
                                         import_onnxruntime, onnx_model,
                                         onnx_session, run_session)

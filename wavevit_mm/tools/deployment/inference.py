@@ -77,7 +77,7 @@ def predict_image_onnx(image: np.ndarray, config: str, model_file: str,
     model built from the config (not its weights, which are in the file),
     with the config as ``model.cfg`` and the test set's classes as
     ``model.dataset_meta`` (as mmdet's ``init_detector`` sets them), for
-    :func:`~wavevit_mm.apis.inference.draw_prediction`."""
+    :func:`~wavevit_mm.tools.inference.draw_prediction`."""
     session = onnx_session(model_file)
     part = session.get_modelmeta().custom_metadata_map.get('wavevit_mm.part')
     if part not in ('detector', 'instance segmentor', 'segmentor'):

@@ -1,5 +1,10 @@
-"""What the tools call: config checks, command-line options, distributed
-setup, whole-model checkpoints, inference, complexity, conversion."""
+"""The library behind ``tools/``, one module per concern the scripts share:
+config checks, command-line options, distributed setup, whole-model
+checkpoints, the image demo's inference, complexity, conversion,
+publishing and (``deployment``) ONNX export. The scripts parse their
+arguments and call these; tests import them. For inference from Python,
+mmdet's and mmseg's own APIs (``init_detector``, ``DetInferencer``,
+``init_model``) read this package's configs and checkpoints."""
 from ..models.pretrained import check_fits, read_model_weights
 from .complexity import build_model, model_complexity, synthetic_inputs
 from .config import (add_run_arguments, check_backbone_config,
