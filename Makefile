@@ -11,7 +11,7 @@ CLS_PY := $(CLS_VENV)/bin/python
 CLS_PIP := $(CLS_PY) -m pip
 CLS_STAMP := $(CLS_VENV)/.installed
 CLS_REQUIREMENTS := $(CLS_VENV)/requirements.txt
-CLS_TESTS := tests/test_models_classification.py tests/test_tools_classification.py
+CLS_TESTS := tests/test_models/test_classification.py tests/test_tools/test_classification_tools.py
 
 .PHONY: setup setup-cls test test-fast test-cls test-matrix demo clean
 

@@ -17,8 +17,8 @@ import torch
 
 from helpers import ROOT, TINY
 from wavevit_mm import WaveViT, compat
-from wavevit_mm.tools.deployment import export_onnx, onnx_model
 from wavevit_mm.errors import InputError
+from wavevit_mm.tools.deployment import export_onnx, onnx_model
 
 ODD_SIZE = (45, 61)  # odd at every stage
 

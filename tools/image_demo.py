@@ -2,9 +2,9 @@
 segmentation overlay)."""
 import argparse
 
+from wavevit_mm.errors import report_errors
 from wavevit_mm.tools import describe, predict_image
 from wavevit_mm.tools.inference import add_drawing_arguments
-from wavevit_mm.errors import report_errors
 
 
 def parse_args():

@@ -11,8 +11,8 @@ from mmengine.logging import MMLogger
 
 from benchmarking import (backbones, detector, haar, latency, memory,
                           onnx_runtime, operators, report, timing)
-from wavevit_mm.tools import deployment
 from wavevit_mm.errors import report_errors
+from wavevit_mm.tools import deployment
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

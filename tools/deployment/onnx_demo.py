@@ -4,12 +4,12 @@ config's test pipeline and mmdet's/mmseg's decoding and visualizer, as
 tools/image_demo.py does with the checkpoint."""
 import argparse
 
+from wavevit_mm.errors import report_errors
 from wavevit_mm.tools import describe
 from wavevit_mm.tools.deployment import (LOG_LEVELS, log_level,
                                         predict_image_onnx)
 from wavevit_mm.tools.inference import (add_drawing_arguments, draw_prediction,
                                       read_image)
-from wavevit_mm.errors import report_errors
 
 
 def parse_args():

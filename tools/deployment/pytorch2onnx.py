@@ -19,9 +19,9 @@ import argparse
 
 from mmengine.config import DictAction
 
+from wavevit_mm.errors import report_errors
 from wavevit_mm.tools.deployment import (LOG_LEVELS, export_onnx,
                                         format_checks, log_level)
-from wavevit_mm.errors import report_errors
 
 
 def parse_args():

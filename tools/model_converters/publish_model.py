@@ -13,8 +13,8 @@ one that never imports wavevit_mm included.
 import argparse
 import sys
 
-from wavevit_mm.tools.publish import publish_checkpoint
 from wavevit_mm.errors import CheckpointError
+from wavevit_mm.tools.publish import publish_checkpoint
 
 
 def parse_args():

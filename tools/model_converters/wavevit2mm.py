@@ -11,9 +11,9 @@ ending in .safetensors is written in that format. The result is verified
 import argparse
 import sys
 
-from wavevit_mm.tools import convert_checkpoint
 from wavevit_mm.errors import CheckpointError
 from wavevit_mm.models.pretrained import format_summary
+from wavevit_mm.tools import convert_checkpoint
 
 
 def parse_args():

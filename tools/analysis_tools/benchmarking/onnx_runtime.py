@@ -32,12 +32,12 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
+from wavevit_mm.errors import InputError
 from wavevit_mm.tools import build_model
 from wavevit_mm.tools.deployment import (BackboneFeatures, DenseHeadOutputs,
                                         default_shape, differences,
                                         import_onnxruntime, onnx_model,
                                         onnx_session, run_session)
-from wavevit_mm.errors import InputError
 
 from .report import failed_row, format_shape, print_markdown
 from .timing import time_call

@@ -22,9 +22,9 @@ from mmengine.runner import Runner
 from torch import nn
 
 from helpers import ROOT
-from wavevit_mm.tools import find_resume_checkpoint
 from wavevit_mm.checkpoint import CheckpointError, load_checkpoint
 from wavevit_mm.errors import CheckpointWriteError, TrainingDivergedError
+from wavevit_mm.tools import find_resume_checkpoint
 
 # 8 samples, 2 per batch: 4 iterations per epoch
 DATA = [dict(inputs=torch.full((4, ), float(i))) for i in range(8)]

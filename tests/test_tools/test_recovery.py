@@ -18,8 +18,8 @@ import torch
 
 from helpers import globals_torch_refuses
 from toy_runs import DET_CONFIG, ENV, kill_when_logged, run_process, tool
-from wavevit_mm.tools import find_resume_checkpoint
 from wavevit_mm.checkpoint import CheckpointError, load_checkpoint
+from wavevit_mm.tools import find_resume_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +130,7 @@ def test_checkpoint_of_another_model_stops_before_training(
     """mmengine loads with strict=False and would train a model partly
     loaded, partly random; the run stops with one paragraph instead:
     --resume needs the model the checkpoint was saved from, load_from at
-    least its backbone (fine-tuning, tests/test_tools_workflows.py)."""
+    least its backbone (fine-tuning, tests/test_tools/test_workflows.py)."""
     checkpoint = uninterrupted[0] / 'epoch_2.pth'
     args = ['--resume', str(checkpoint)] if how == '--resume' else []
     options = options + ([f'load_from={checkpoint}']

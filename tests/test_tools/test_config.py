@@ -7,9 +7,9 @@ import pytest
 from mmengine.config import Config
 
 from helpers import ROOT
+from wavevit_mm.errors import ConfigError, DataError
 from wavevit_mm.tools import (apply_train_options, check_backbone_config,
                              check_data_paths, load_config, setup_work_dir)
-from wavevit_mm.errors import ConfigError, DataError
 
 
 # --------------------------------------------------------- input checks

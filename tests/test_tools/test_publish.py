@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from wavevit_mm.checkpoint import CheckpointError, load_checkpoint
 from wavevit_mm.tools.publish import (plain_values, publish_checkpoint,
                                      published_name)
-from wavevit_mm.checkpoint import CheckpointError, load_checkpoint
 
 
 def load_with_torchs_defaults(path):

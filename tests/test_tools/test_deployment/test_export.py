@@ -19,11 +19,11 @@ from deployment_models import (RETINANET_CONFIG, TOY_ARCH, TOY_SIZE,
                                one_class_everywhere, run, save_checkpoint,
                                toy_one_stage_config)
 from toy_runs import SEG_CONFIG
+from wavevit_mm.errors import CheckpointError
 from wavevit_mm.tools import predict_image
 from wavevit_mm.tools.deployment import (ExportError, export_onnx,
                                         predict_image_onnx)
 from wavevit_mm.tools.inference import draw_prediction, read_image
-from wavevit_mm.errors import CheckpointError
 
 
 @pytest.fixture(scope='module')
@@ -39,7 +39,7 @@ def test_one_stage_detectors_give_mmdets_detections(family, tmp_path):
     """ATSS's and GFL's heads exported and decoded as RetinaNet's. At a
     fixed size: a dynamic export costs five times as much, and the dynamic
     sizes are the backbone's and the neck's, which the dynamic RetinaNet of
-    tests/test_tools_deployment.py checks at odd sizes."""
+    tests/test_tools/test_deployment/test_deployment_scripts.py checks at odd sizes."""
     config = toy_one_stage_config(tmp_path, family)
     checkpoint = str(tmp_path / 'model.pth')
     model = save_checkpoint(config, checkpoint)

@@ -9,11 +9,11 @@ import torch
 
 from deployment_models import RETINANET_CONFIG
 from toy_runs import SEG_CONFIG
+from wavevit_mm.errors import InputError
 from wavevit_mm.tools import build_model, load_config
 from wavevit_mm.tools.deployment import (check_input, probe_image,
                                         synthetic_image)
 from wavevit_mm.tools.inference import read_image
-from wavevit_mm.errors import InputError
 
 
 def normalised(image, cfg):

@@ -9,9 +9,9 @@ from mmengine.runner import load_checkpoint as mmengine_load_checkpoint
 from helpers import (assert_backbone_equals, expected_backbone, official,
                      pretrained, save, wrap)
 from wavevit_mm import WaveViT
-from wavevit_mm.tools import convert_checkpoint
 from wavevit_mm.checkpoint import CheckpointError, load_checkpoint
 from wavevit_mm.errors import CheckpointWriteError
+from wavevit_mm.tools import convert_checkpoint
 
 
 @pytest.mark.parametrize('arch', [

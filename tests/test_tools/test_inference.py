@@ -1,11 +1,11 @@
 """wavevit_mm.tools.inference: the demo's image reading. (The demo itself
-runs in tests/test_tools_e2e.py and tests/test_tools_bad_inputs.py.)"""
+runs in tests/test_tools/test_e2e.py and tests/test_tools/test_bad_inputs.py.)"""
 import cv2
 import numpy as np
 import pytest
 
-from wavevit_mm.tools.inference import read_image
 from wavevit_mm.errors import DataError
+from wavevit_mm.tools.inference import read_image
 
 
 @pytest.mark.parametrize('shape,dtype', [((40, 60), np.uint8),

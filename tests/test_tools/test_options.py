@@ -10,10 +10,10 @@ import torch
 from mmengine.config import Config
 
 from toy_runs import TOY
-from wavevit_mm.tools import (apply_test_options, apply_train_options,
-                             find_resume_checkpoint)
 from wavevit_mm.checkpoint import CheckpointError
 from wavevit_mm.errors import ConfigError
+from wavevit_mm.tools import (apply_test_options, apply_train_options,
+                             find_resume_checkpoint)
 
 
 def checkpoint(folder, name, broken=False):

@@ -14,9 +14,9 @@ import torch
 from mmengine.hooks import Hook
 
 from toy_runs import DET_CONFIG, SEG_CONFIG, TOY
-from wavevit_mm.tools import build_model, load_config
 from wavevit_mm.engine import SafeguardedRunner
 from wavevit_mm.errors import CheckpointError
+from wavevit_mm.tools import build_model, load_config
 
 RETINANET = os.path.join(TOY, 'configs', 'retinanet_wavevit_toy_coco.py')
 TWO_CLASSES = dict(classes=('circle', 'square'),

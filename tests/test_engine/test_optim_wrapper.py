@@ -1,6 +1,6 @@
 """wavevit_mm.engine.optim_wrapper, ``--amp`` without a GPU: the backbone
 in bfloat16, the rest in float32. (The switch itself:
-tests/test_apis_options.py.)"""
+tests/test_tools/test_options.py.)"""
 import pytest
 import torch
 from mmengine.optim import build_optim_wrapper

@@ -18,10 +18,10 @@ from mmengine.runner import Runner
 from torch import nn
 
 from toy_runs import SEG_CONFIG, kill_when_logged, run_process, tool
-from wavevit_mm.tools import find_resume_checkpoint
 from wavevit_mm.checkpoint import load_checkpoint
 from wavevit_mm.engine import ResumableInfiniteSampler
 from wavevit_mm.errors import ConfigError
+from wavevit_mm.tools import find_resume_checkpoint
 
 # ---------------------------------------------------------------- sampler
 

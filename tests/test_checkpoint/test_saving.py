@@ -1,6 +1,6 @@
 """wavevit_mm.checkpoint.saving: a file written here only ever appears
 complete, and a failed write leaves the old one and no temporary file.
-(The checkpoint hook built on it: tests/test_engine_hooks.py.)"""
+(The checkpoint hook built on it: tests/test_engine/test_hooks.py.)"""
 import os
 import subprocess
 import sys
