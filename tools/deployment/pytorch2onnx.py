@@ -41,7 +41,7 @@ def parse_args():
                         help='export the backbone alone (feature maps)')
     parser.add_argument('--fuse', action='store_true',
                         help='ONNX Runtime\'s fused operators '
-                        '(MultiHeadAttention, Gelu, SkipLayerNormalization): '
+                        '(MultiHeadAttention, Gelu): '
                         'faster in ONNX Runtime, not read by other runtimes')
     parser.add_argument('--force', action='store_true',
                         help='overwrite OUT if it exists')

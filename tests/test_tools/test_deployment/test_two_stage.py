@@ -142,7 +142,7 @@ def test_a_fused_file_gives_mmdets_detections_and_masks(mask_rcnn, tmp_path):
     (check, ) = report.checks
     assert check.passed and check.detections == (100, 100)
     ops = {node.op_type for node in onnx.load(out).graph.node}
-    assert {'MultiHeadAttention', 'Gelu', 'SkipLayerNormalization',
+    assert {'MultiHeadAttention', 'Gelu', 'LayerNormalization',
             'NonMaxSuppression', 'RoiAlign'} <= ops
     x = torch.randn(1, 3, *TOY_SIZE,
                     generator=torch.Generator().manual_seed(3))

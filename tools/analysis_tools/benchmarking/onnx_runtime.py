@@ -13,10 +13,8 @@ An export *variant* is what is done to the file before the session:
 - ``fused``: ``fixed`` with ONNX Runtime's fused operators, as
   ``pytorch2onnx.py --fuse`` writes them (``tools.deployment.fusion``):
   attention as MultiHeadAttention (a flash attention on the CPU), GELU as
-  ``Gelu``, residual Add + LayerNormalization as ``SkipLayerNormalization``
-  (ORT's own session optimiser fuses none of these patterns here), and
-  each FFN on the token map, which ORT's CPU runs whole in its NCHWc
-  layout.
+  ``Gelu`` (ORT's own session optimiser fuses neither here), and each FFN
+  on the token map, which ORT's CPU runs whole in its NCHWc layout.
 
 The calls are interleaved (PyTorch, then each variant's session, repeat
 after repeat) so that a loaded machine slows every column alike.

@@ -4,10 +4,13 @@ Runtime alone (``pytorch2onnx.py --fuse``).
 Attention is exported as ``com.microsoft`` ``MultiHeadAttention``, whose
 CPU kernel is a flash attention that never holds the N x M scores (the
 plain export computes them: at 800x1216, 115 million per head in stage 1);
-then two of onnxruntime.transformers' fusions rewrite GELU's Erf form to
-one ``Gelu`` node and a residual Add followed by LayerNormalization to
-``SkipLayerNormalization``. These are ONNX Runtime's own operators, with
-CPU and CUDA kernels: TensorRT and OpenVINO read the plain export.
+then onnxruntime.transformers' GELU fusion rewrites GELU's Erf form to
+one ``Gelu`` node. These are ONNX Runtime's own operators, with CPU and
+CUDA kernels: TensorRT and OpenVINO read the plain export. A residual Add
+followed by LayerNormalization stays two nodes: ONNX Runtime's CPU
+``SkipLayerNormalization`` kernel takes 2.5-4x the pair's time
+(docs/deployment.md; :func:`~.runtime.onnx_session` keeps the session
+from fusing them on the CPU, CUDA sessions still do).
 
 Each block's feed-forward is exported on (B, C, H, W) maps
 (:class:`ConvolutionFFN`), so that ONNX Runtime's CPU runs it whole in its
@@ -16,7 +19,6 @@ instead of on both sides of the depthwise convolution, where the map is
 ``mlp_ratio`` times wider.
 """
 import contextlib
-import logging
 from typing import Iterator, Tuple
 
 import torch
@@ -131,26 +133,12 @@ def convolution_ffns(module: nn.Module) -> Iterator[None]:
 
 
 def fuse_patterns(model_proto):
-    """``model_proto`` with GELU's Erf form fused to ``Gelu`` and each
-    residual Add of two same-shaped tensors followed by a LayerNorm to
-    ``SkipLayerNormalization``, by onnxruntime.transformers' two fusions
-    (the shapes are checked by its symbolic shape inference); its other
-    rewrites (constant folding among them) are meant for BERT-like graphs
-    and break the detectors' heads. The shape inference's notes on dynamic
-    sizes it cannot compare are kept out of the log."""
+    """``model_proto`` with GELU's Erf form fused to ``Gelu`` by
+    onnxruntime.transformers' fusion; its other rewrites (constant folding
+    among them) are meant for BERT-like graphs and break the detectors'
+    heads."""
     from onnxruntime.transformers.onnx_model_bert import BertOnnxModel
-    # the shape inference is imported as the top-level symbolic_shape_infer
-    loggers = [logging.getLogger(name) for name in (
-        'onnxruntime.transformers', 'symbolic_shape_infer')]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        model = BertOnnxModel(model_proto)
-        model.fuse_gelu()
-        model.fuse_skip_layer_norm(shape_infer=True)
-        model.topological_sort()
-        return model.model
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+    model = BertOnnxModel(model_proto)
+    model.fuse_gelu()
+    model.topological_sort()
+    return model.model

@@ -46,14 +46,24 @@ def session_options(threads: Optional[int] = None):
     return options
 
 
+#: Graph rewrites a CPU session leaves out: ONNX Runtime's CPU
+#: SkipLayerNormalization kernel is several times slower than the Add and
+#: LayerNormalization it replaces (ONNX Runtime 1.32).
+CPU_DISABLED_OPTIMIZERS = ('SkipLayerNormFusion', )
+
+
 def onnx_session(path: str, threads: Optional[int] = None):
     """An ONNX Runtime session on ``path`` with :func:`session_options`,
-    on the GPU where onnxruntime-gpu offers one, else the CPU."""
+    on the GPU where onnxruntime-gpu offers one, else the CPU (without
+    :data:`CPU_DISABLED_OPTIMIZERS`)."""
     ort = import_onnxruntime()
     providers = [p for p in ('CUDAExecutionProvider', 'CPUExecutionProvider')
                  if p in ort.get_available_providers()]
+    disabled = (list(CPU_DISABLED_OPTIMIZERS)
+                if providers[0] == 'CPUExecutionProvider' else [])
     return ort.InferenceSession(path, session_options(threads),
-                                providers=providers)
+                                providers=providers,
+                                disabled_optimizers=disabled)
 
 
 def run_session(session, x: Tensor) -> List[Tensor]:
