@@ -135,10 +135,10 @@ def server(tmp_path, monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Where torch cannot export to ONNX, the tests that export (the
-    deployment tests, and those marked ``onnx_export``) skip, saying which
-    torch they need; so do those marked ``backbone_compile`` where torch
-    cannot compile the backbone."""
+    """Where torch cannot export to ONNX, the tests that export (those in
+    tests/test_tools/test_deployment/, and those marked ``onnx_export``)
+    skip, saying which torch they need; so do those marked
+    ``backbone_compile`` where torch cannot compile the backbone."""
     from wavevit_mm import compat
     no_export = pytest.mark.skip(reason=f'ONNX export needs torch '
                                  f'{compat.ONNX_EXPORT_TORCH} or newer')
@@ -146,7 +146,7 @@ def pytest_collection_modifyitems(config, items):
                                   f'torch {compat.COMPILE_TORCH} or newer')
     export, compile_ = not compat.onnx_export_missing(), compat.has_custom_ops()
     for item in items:
-        if not export and ('deployment' in item.path.name
+        if not export and ('test_deployment' in item.path.parts
                            or item.get_closest_marker('onnx_export')):
             item.add_marker(no_export)
         if not compile_ and item.get_closest_marker('backbone_compile'):

@@ -287,6 +287,25 @@ def test_demo_converts_grayscale_and_rgba(toy_workspace, toy_checkpoints,
     assert cv2.imread(str(out_file)).shape == (40, 60, 3)
 
 
+def test_demo_with_a_config_without_a_test_pipeline(toy_workspace,
+                                                    toy_checkpoints, tmp_path):
+    """mmengine takes ``test_dataloader = None``; the demo, which brings
+    the image to the model through the test pipeline as mmdet's inference
+    does, says so instead of an AttributeError."""
+    config = write_config(tmp_path, 'no_test_data.py', f'''
+        _base_ = ['{DET_CONFIG}']
+        test_dataloader = None
+        ''')
+    image = write_image(tmp_path / 'image.png', (40, 60, 3))
+    out_file = tmp_path / 'drawing.png'
+    result = run_tool('image_demo.py', [image, config, toy_checkpoints['det'],
+                                        '--out-file', out_file],
+                      toy_workspace)
+    assert_refusal(result, 'image_demo.py',
+                   f'{config} has no test_dataloader.dataset.pipeline')
+    assert not out_file.exists()
+
+
 @pytest.mark.parametrize('kind,message', [
     ('missing', 'image file not found: {path}'),
     ('text', '{path} is not an image file that OpenCV can read (20 bytes)'),

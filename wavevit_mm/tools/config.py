@@ -42,6 +42,23 @@ def scope_of(cfg: Config) -> str:
     return scope
 
 
+def test_dataset(cfg: Config) -> dict:
+    """The config's ``test_dataloader.dataset``, whose pipeline brings an
+    image to the model in inference and in the export's check (as in
+    mmdet's and mmseg's inference APIs); a ConfigError where it has none."""
+    dataset = (cfg.get('test_dataloader') or {}).get('dataset') or {}
+    if not dataset.get('pipeline'):
+        raise ConfigError(
+            f'{cfg.filename or "the config"} has no '
+            f'test_dataloader.dataset.pipeline: inference and the export\'s '
+            f'check bring an image to the model through the config\'s test '
+            f'pipeline, as mmdet\'s and mmseg\'s inference does. Inherit the '
+            f'test_dataloader of the dataset config the model was trained '
+            f'on (e.g. _base_ = [\'mmdet::_base_/datasets/'
+            f'coco_detection.py\']).')
+    return dataset
+
+
 def setup_work_dir(cfg: Config, config_path: str,
                    work_dir: Optional[str]) -> None:
     """``--work-dir``, else the config's, else ``work_dirs/<config>``."""

@@ -151,6 +151,22 @@ def test_a_config_that_does_not_export_is_one_paragraph(exported, tmp_path):
                          'EncoderDecoder with UPerHead would be wrong')
 
 
+def test_a_config_without_a_test_pipeline_is_one_paragraph(exported,
+                                                           tmp_path):
+    """mmengine takes ``test_dataloader = None``; the check, which brings
+    its picture to the model through the test pipeline, says so before
+    any export."""
+    config = tmp_path / 'no_test_data.py'
+    config.write_text(f"_base_ = ['{RETINANET_CONFIG}']\n"
+                      f"test_dataloader = None\n")
+    out = tmp_path / 'model.onnx'
+    result = run_tool('deployment/pytorch2onnx.py',
+                      [config, exported[0], '--out', out], cwd=str(tmp_path))
+    assert_refusal(result, 'pytorch2onnx.py',
+                   f'{config} has no test_dataloader.dataset.pipeline')
+    assert not out.exists()
+
+
 def test_demo_draws_what_image_demo_draws(exported, toy_workspace, tmp_path):
     checkpoint, out, _, _, _ = exported
     image = val_image(toy_workspace)

@@ -15,7 +15,8 @@ from ...compat import require_onnx_export
 from ...errors import ConfigError
 from ...models.pretrained import check_fits, read_model_weights
 from ..complexity import build_model
-from ..config import check_backbone_config, load_config, scope_of
+from ..config import (check_backbone_config, load_config, scope_of,
+                      test_dataset)
 from .exportable import default_shape, exportable, second_size
 from .fusion import (attention_translations, convolution_ffns,
                      fuse_patterns)
@@ -145,6 +146,7 @@ def export_onnx(config: str, checkpoint: str, out: str,
             f'it.')
     import_onnxruntime()
     cfg, model = load_model(config, checkpoint, cfg_options)
+    test_dataset(cfg)  # the check's pipeline, before any work
     probe = probe_image(cfg, image)
     module = exportable(model, config, backbone_only, dynamic)
     shape = tuple(shape) if shape else default_shape(cfg)
