@@ -41,10 +41,22 @@ class ToolResult(NamedTuple):
     stderr: str
 
 
+def _reopen_log_stream() -> None:
+    """Point mmengine's current logger back at stdout where its stream is
+    closed: made during an earlier test under ``capsys``, it still writes
+    to the stream pytest closed since (a tool in a process of its own
+    starts with a fresh one)."""
+    from mmengine.logging import MMLogger
+    for handler in MMLogger.get_current_instance().handlers:
+        if getattr(getattr(handler, 'stream', None), 'closed', False):
+            handler.stream = sys.stdout  # setStream would flush the closed one
+
+
 def run_tool(name: str, args: Sequence[str], cwd: str) -> ToolResult:
     """Run ``tools/<name>`` in this process as from the command line; the
     exit status and what it wrote to stderr."""
     path = tool(name)
+    _reopen_log_stream()
     old_argv, old_cwd = sys.argv, os.getcwd()
     stderr = io.StringIO()
     code = 0

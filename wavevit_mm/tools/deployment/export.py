@@ -109,10 +109,12 @@ def log_level(level: str = 'WARNING') -> Iterator[None]:
 def load_model(config: str, checkpoint: str,
                cfg_options: Optional[dict] = None) -> Tuple[Config, nn.Module]:
     """The config's model in eval mode with the checkpoint's weights,
-    loaded strictly: a file that does not fit is a CheckpointError."""
+    loaded strictly: a file that does not fit is a CheckpointError. The
+    config is checked first, with the test pipeline the check needs."""
     cfg = load_config(config, cfg_options)
     scope_of(cfg)
     check_backbone_config(cfg)
+    test_dataset(cfg)
     weights, _ = read_model_weights(checkpoint)
     model = build_model(cfg)
     check_fits(weights, model, checkpoint)
@@ -146,7 +148,6 @@ def export_onnx(config: str, checkpoint: str, out: str,
             f'it.')
     import_onnxruntime()
     cfg, model = load_model(config, checkpoint, cfg_options)
-    test_dataset(cfg)  # the check's pipeline, before any work
     probe = probe_image(cfg, image)
     module = exportable(model, config, backbone_only, dynamic)
     shape = tuple(shape) if shape else default_shape(cfg)
