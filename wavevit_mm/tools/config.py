@@ -42,7 +42,7 @@ def scope_of(cfg: Config) -> str:
     return scope
 
 
-def test_dataset(cfg: Config) -> dict:
+def inference_dataset(cfg: Config) -> dict:
     """The config's ``test_dataloader.dataset``, whose pipeline brings an
     image to the model in inference and in the export's check (as in
     mmdet's and mmseg's inference APIs); a ConfigError where it has none."""

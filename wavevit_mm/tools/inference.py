@@ -14,7 +14,7 @@ from ..checkpoint import read_once
 from ..errors import DataError
 from ..models.pretrained import check_fits, read_model_weights
 from .config import (check_backbone_config, load_config, scope_of,
-                     test_dataset)
+                     inference_dataset)
 
 
 def read_image(path: str) -> np.ndarray:
@@ -54,7 +54,7 @@ def _predict(image: np.ndarray, config: str, checkpoint: str,
     weights, _ = read_model_weights(checkpoint)
     cfg = load_config(config)
     check_backbone_config(cfg)
-    test_dataset(cfg)  # the pipeline mmdet's and mmseg's inference use
+    inference_dataset(cfg)  # the pipeline mmdet's and mmseg's inference use
     if scope_of(cfg) == 'mmdet':
         from mmdet.apis import inference_detector, init_detector
         model = init_detector(cfg, checkpoint, device=device)

@@ -16,7 +16,7 @@ from ...errors import ConfigError
 from ...models.pretrained import check_fits, read_model_weights
 from ..complexity import build_model
 from ..config import (check_backbone_config, load_config, scope_of,
-                      test_dataset)
+                      inference_dataset)
 from .exportable import default_shape, exportable, second_size
 from .fusion import (attention_translations, convolution_ffns,
                      fuse_patterns)
@@ -114,7 +114,7 @@ def load_model(config: str, checkpoint: str,
     cfg = load_config(config, cfg_options)
     scope_of(cfg)
     check_backbone_config(cfg)
-    test_dataset(cfg)
+    inference_dataset(cfg)
     weights, _ = read_model_weights(checkpoint)
     model = build_model(cfg)
     check_fits(weights, model, checkpoint)

@@ -8,7 +8,7 @@ from mmengine.config import Config
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ..config import test_dataset
+from ..config import inference_dataset
 from .runtime import ExportError
 from .two_stage import MaskRCNNOutputs, check_mask_rcnn
 
@@ -138,7 +138,7 @@ def default_shape(cfg: Config) -> Tuple[int, int]:
         return int(height), int(width)
     preprocessor = cfg.model.get('data_preprocessor') or {}
     divisor = preprocessor.get('pad_size_divisor') or 32
-    for step in test_dataset(cfg)['pipeline']:
+    for step in inference_dataset(cfg)['pipeline']:
         if step.get('type', '').split('.')[-1] == 'Resize' and 'scale' in step:
             width, height = sorted(step['scale'], reverse=True)
             return (-(-height // divisor) * divisor,

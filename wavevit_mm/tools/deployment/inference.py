@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ...errors import InputError
 from ..complexity import build_model
-from ..config import load_config, scope_of, test_dataset
+from ..config import load_config, scope_of, inference_dataset
 from .runtime import onnx_session, run_session
 from .two_stage import predicted_instances
 from .verification import decode_detections
@@ -25,7 +25,7 @@ def test_pipeline(cfg: Config):
     annotation loading (as mmdet's and mmseg's inference APIs build it)."""
     from mmcv.transforms import Compose
     scope = scope_of(cfg)
-    steps = [step for step in copy.deepcopy(test_dataset(cfg)['pipeline'])
+    steps = [step for step in copy.deepcopy(inference_dataset(cfg)['pipeline'])
              if step['type'].split('.')[-1] != 'LoadAnnotations']
     steps[0]['type'] = f'{scope}.LoadImageFromNDArray'
     return Compose(steps)
@@ -35,7 +35,7 @@ def dataset_meta(cfg: Config) -> Dict:
     """Class names and palette of the config's test set: the dataset
     class's, with the config's ``metainfo`` over them."""
     from mmengine.registry import DATASETS
-    dataset = test_dataset(cfg)
+    dataset = inference_dataset(cfg)
     meta = dict(DATASETS.get(f'{scope_of(cfg)}.{dataset.type}').METAINFO)
     meta.update(dataset.get('metainfo') or {})
     return meta
