@@ -20,7 +20,7 @@ from .two_stage import predicted_instances
 from .verification import decode_detections
 
 
-def test_pipeline(cfg: Config):
+def inference_pipeline(cfg: Config):
     """The config's test pipeline on an image array, without the
     annotation loading (as mmdet's and mmseg's inference APIs build it)."""
     from mmcv.transforms import Compose
@@ -88,7 +88,7 @@ def predict_image_onnx(image: np.ndarray, config: str, model_file: str,
     cfg = load_config(config, cfg_options)
     model = build_model(cfg)
     model.cfg, model.dataset_meta = cfg, dataset_meta(cfg)
-    data = test_pipeline(cfg)(dict(img=image[..., ::-1].copy(), img_id=0))
+    data = inference_pipeline(cfg)(dict(img=image[..., ::-1].copy(), img_id=0))
     with torch.no_grad():
         data = model.data_preprocessor(
             dict(inputs=[data['inputs']], data_samples=[data['data_samples']]),

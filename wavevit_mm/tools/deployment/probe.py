@@ -17,7 +17,7 @@ from mmengine.config import Config
 from torch import Tensor, nn
 
 from ..inference import read_image
-from .inference import test_pipeline
+from .inference import inference_pipeline
 
 #: Image files the validation folders are searched for.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -101,7 +101,7 @@ def check_input(model: nn.Module, cfg: Config, image: np.ndarray,
     config's test pipeline and the model's data preprocessor (resized,
     normalised, padded), then zero-padded at the bottom and right to
     ``size`` where smaller, cut there where larger."""
-    data = test_pipeline(cfg)(dict(img=image[..., ::-1].copy(), img_id=0))
+    data = inference_pipeline(cfg)(dict(img=image[..., ::-1].copy(), img_id=0))
     with torch.no_grad():
         inputs = model.data_preprocessor(
             dict(inputs=[data['inputs']],
