@@ -5,6 +5,7 @@ Every test runs twice: with the compiled CPU kernels and with the
 pure-PyTorch formulation (used on GPUs and where the kernels are not built).
 """
 import importlib.machinery
+import uuid
 import warnings
 
 import pytest
@@ -336,7 +337,9 @@ def test_kernels_built_for_another_torch_fall_back_with_one_warning(
     """A stale in-place build: the pure-PyTorch transforms instead, said
     once; not built at all: silence."""
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    name = _package(tmp_path, 'stale_build', {
+    # a name of its own: a package imported by another run of this test
+    # stays in sys.modules
+    name = _package(tmp_path, f'stale_build_{uuid.uuid4().hex}', {
         '_other_torch.py': b"def torch_version():\n    return '1.13.1+cu117'\n",
         '_unmarked.py': b'def haar_dwt2d(x):\n    return x\n',
         f'_unloadable{suffix}': b'not a shared object',
@@ -356,6 +359,7 @@ def test_kernels_built_for_another_torch_fall_back_with_one_warning(
     assert module is None and len(warned) == 1
     assert 'it does not load (' in warned[0]
     assert _load_with_warnings(f'{name}._not_built') == (None, [])
+
 
 class HaarRoundTrip(torch.nn.Module):
     """A DWT and the IDWT of its bands, cropped back to the input size."""
