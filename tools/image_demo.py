@@ -1,5 +1,5 @@
-"""Predict on one image and save a drawing of the boxes and masks (or the
-segmentation overlay)."""
+"""Predict on one image and save a drawing of the boxes and masks, the
+segmentation overlay or the predicted class."""
 import argparse
 
 from wavevit_mm.errors import report_errors

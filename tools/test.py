@@ -20,9 +20,9 @@ def parse_args():
                         'images and save them under this directory')
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation: the config\'s '
-                        'tta_model and tta_pipeline, else mmdet\'s default '
-                        '(horizontal flip, merged by NMS); not for instance '
-                        'segmentation')
+                        'tta_model and tta_pipeline, else the default of '
+                        'mmdet\'s or mmpretrain\'s test.py (horizontal '
+                        'flip); not for instance segmentation')
     tools.add_run_arguments(parser)
     return parser.parse_args()
 

@@ -1,8 +1,8 @@
 """Classification end to end on the toy ImageNet-folder set: a small
 Wave-ViT fine-tuned from an official-format file by tools/train.py and by
 mmpretrain's own train.py, the checkpoints tested by tools/test.py and by
-mmpretrain's own test.py, the complexity table of
-tools/analysis_tools/get_flops.py."""
+mmpretrain's own test.py (with and without --tta), image_demo.py, the
+complexity table of tools/analysis_tools/get_flops.py."""
 import os
 import re
 import sys
@@ -14,6 +14,8 @@ from helpers import ROOT, require_mmpretrain, save
 
 require_mmpretrain()
 
+import mmcv  # noqa: E402
+import mmengine  # noqa: E402
 import mmpretrain  # noqa: E402
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
@@ -79,21 +81,77 @@ def toy_set(tmp_path_factory):
     return folder
 
 
-def test_fine_tuned_from_an_official_file_tested_by_both_tools(toy_set):
+@pytest.fixture(scope='module')
+def fine_tuned(toy_set):
+    """tools/train.py's 20 epochs from the official-layout file: what it
+    printed, and its checkpoint."""
     train = run([sys.executable, tool('train.py'), CONFIG, '--work-dir',
                  'work'], toy_set)
+    return train, toy_set / 'work' / 'epoch_20.pth'
+
+
+def test_fine_tuned_from_an_official_file_tested_by_both_tools(toy_set,
+                                                               fine_tuned):
+    train, checkpoint = fine_tuned
     # the official file started the run: all but the two linear heads
     assert 'load_from' in train and 'head.fc' in train
-    checkpoint = toy_set / 'work' / 'epoch_20.pth'
-    ours = top1(run([sys.executable, tool('test.py'), CONFIG,
-                     str(checkpoint), '--work-dir', 'test'], toy_set))
+    ours = run([sys.executable, tool('test.py'), CONFIG, str(checkpoint),
+                '--work-dir', 'test', '--show-dir', 'drawn'], toy_set)
     theirs = top1(run([sys.executable,
                        os.path.join(MMPRETRAIN_TOOLS, 'test.py'), CONFIG,
                        str(checkpoint), '--work-dir', 'test_mmpretrain'],
                       toy_set))
-    print(f'toy ImageNet-folder set, 3 classes: top-1 {ours:.2f}')
-    assert ours == theirs
-    assert ours > 60.0  # chance: 33.3
+    print(f'toy ImageNet-folder set, 3 classes: top-1 {top1(ours):.2f}')
+    assert top1(ours) == theirs
+    assert top1(ours) > 60.0  # chance: 33.3
+    # --show-dir: a drawing of every validation image (as mmpretrain's
+    # test.py --show-dir draws them)
+    drawn = sorted(os.listdir(toy_set / 'drawn'))
+    assert len(drawn) == 30 and all(n.endswith('.png') for n in drawn)
+
+
+def test_tta_gives_mmpretrains_own_tta_scores(toy_set, fine_tuned):
+    """test.py --tta on a config without tta settings: the scores of
+    mmpretrain's own test.py --tta for every image, which differ from the
+    scores without it."""
+    checkpoint = str(fine_tuned[1])
+    ours = run([sys.executable, tool('test.py'), CONFIG, checkpoint, '--tta',
+                '--work-dir', 'tta', '--out', 'ours.pkl'], toy_set)
+    assert "using what mmpretrain's tools/test.py --tta uses" in ours
+    run([sys.executable, os.path.join(MMPRETRAIN_TOOLS, 'test.py'), CONFIG,
+         checkpoint, '--tta', '--work-dir', 'tta_mmpretrain', '--out',
+         'theirs.pkl'], toy_set)
+    run([sys.executable, tool('test.py'), CONFIG, checkpoint, '--work-dir',
+         'plain', '--out', 'plain.pkl'], toy_set)
+    ours, theirs, plain = (mmengine.load(toy_set / name) for name in
+                           ('ours.pkl', 'theirs.pkl', 'plain.pkl'))
+    assert len(ours) == len(theirs) == len(plain) == 30
+    for mine, other, without in zip(ours, theirs, plain):
+        assert mine['img_path'] == other['img_path'] == without['img_path']
+        torch.testing.assert_close(mine['pred_score'], other['pred_score'])
+        assert not torch.allclose(mine['pred_score'], without['pred_score'])
+
+
+def test_image_demo_gives_the_class_test_py_gives(toy_set, fine_tuned,
+                                                  tmp_path):
+    """image_demo.py with a classification config: the class and score
+    that test.py gives the same image, and a drawing of it."""
+    checkpoint = str(fine_tuned[1])
+    run([sys.executable, tool('test.py'), CONFIG, checkpoint, '--work-dir',
+         str(tmp_path / 'test'), '--out', str(tmp_path / 'tested.pkl')],
+        toy_set)
+    tested = mmengine.load(tmp_path / 'tested.pkl')[0]
+    image_path = str(toy_set / tested['img_path'])  # as the config found it
+    out_file = tmp_path / 'drawn.png'
+    output = run([sys.executable, tool('image_demo.py'), image_path, CONFIG,
+                  checkpoint, '--out-file', str(out_file)], toy_set)
+    label, score = re.search(r'class (\d+) with score ([\d.]+)',
+                             output).groups()
+    assert int(label) == int(tested['pred_label'])
+    assert abs(float(score) - float(tested['pred_score'].max())) < 1e-4
+    image = mmcv.imread(image_path)
+    drawing = mmcv.imread(str(out_file))
+    assert drawing.shape == image.shape and (drawing != image).any()
 
 
 def test_mmpretrain_train_py_fine_tunes_from_the_official_file(toy_set):

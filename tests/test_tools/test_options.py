@@ -172,6 +172,46 @@ def test_tta_without_settings_takes_mmdets_flip_default(log_messages):
     assert 'DetTTAModel' in cfg.pretty_text
 
 
+def test_tta_of_classification_takes_mmpretrains_flip_default(log_messages):
+    """A classification config without tta_model and tta_pipeline gets
+    what mmpretrain's tools/test.py --tta (1.2) writes then: the scores of
+    the image and its flip averaged, the packing kept after the flips."""
+    test_pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='ResizeEdge', scale=233, edge='short'),
+        dict(type='CenterCrop', crop_size=224),
+        dict(type='PackInputs')]
+    cfg = Config(dict(
+        default_scope='mmpretrain', model=dict(type='ImageClassifier'),
+        test_dataloader=dict(dataset=dict(type='CustomDataset',
+                                          pipeline=test_pipeline))))
+    apply_test_options(cfg, 'model.pth', tta=True)
+    assert cfg.model == dict(type='AverageClsScoreTTA',
+                             module=dict(type='ImageClassifier'))
+    assert cfg.test_dataloader.dataset.pipeline == test_pipeline[:-1] + [
+        dict(type='TestTimeAug',
+             transforms=[[dict(type='RandomFlip', prob=1.),
+                          dict(type='RandomFlip', prob=0.)],
+                         [dict(type='PackInputs')]])]
+    line, = [m for m in log_messages if m.startswith('--tta')]
+    assert "no tta_model and no tta_pipeline; using what mmpretrain's " \
+        'tools/test.py --tta uses then' in line
+
+
+def test_show_dir_of_classification_is_mmpretrains():
+    """--show-dir with a classification config sets mmpretrain's
+    VisualizationHook as its tools/test.py does (enable, out_dir, every
+    image); the hook hands unknown keys such as mmdet's draw=True to the
+    visualizer, which refuses them."""
+    cfg = Config(dict(
+        default_scope='mmpretrain', model=dict(type='ImageClassifier'),
+        default_hooks=dict(visualization=dict(type='VisualizationHook',
+                                              enable=False))))
+    apply_test_options(cfg, 'model.pth', show_dir='vis')
+    assert cfg.default_hooks.visualization == dict(
+        type='VisualizationHook', enable=True, out_dir='vis', interval=1)
+
+
 def test_tta_keeps_the_settings_the_config_has(log_messages):
     cfg = toy_config('upernet_wavevit_toy_ade20k.py')
     tta_pipeline = cfg.tta_pipeline

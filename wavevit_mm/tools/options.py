@@ -140,10 +140,12 @@ def apply_test_options(cfg: Config, checkpoint: str,
         if hook is None:
             raise ConfigError('--show-dir needs a visualization hook in '
                               'default_hooks')
-        hook['draw'] = True
         if scope == 'mmdet':
-            hook['test_out_dir'] = show_dir
+            hook.update(draw=True, test_out_dir=show_dir)
+        elif scope == 'mmpretrain':  # each image, as its tools/test.py does
+            hook.update(enable=True, out_dir=show_dir, interval=1)
         else:
+            hook['draw'] = True
             cfg.visualizer['save_dir'] = show_dir
     if out is not None:
         if scope in ('mmdet', 'mmpretrain'):
@@ -180,12 +182,25 @@ MMDET_FLIP_TTA = dict(
 #: mmseg's ``tta_model`` (``mmseg::_base_/default_runtime.py``), which its
 #: ``tools/test.py --tta`` expects every config to inherit.
 MMSEG_TTA_MODEL = dict(type='SegTTAModel')
+#: What mmpretrain's ``tools/test.py --tta`` (1.2) uses where a config has
+#: no ``tta_model``: the class scores of the augmented images averaged...
+MMPRETRAIN_TTA_MODEL = dict(type='AverageClsScoreTTA')
+
+
+def mmpretrain_flip_tta(last_step: dict) -> dict:
+    """... and where it has no ``tta_pipeline``: the test pipeline's last
+    step (the packing) replaced by this one, each image tested as it is
+    and flipped, then packed as before."""
+    return dict(type='TestTimeAug',
+                transforms=[[dict(type='RandomFlip', prob=1.),
+                             dict(type='RandomFlip', prob=0.)],
+                            [copy.deepcopy(last_step)]])
 
 
 def use_tta(cfg: Config, scope: str) -> None:
     """``--tta``: test the config's ``tta_model`` on its ``tta_pipeline``,
-    as mmdet's and mmseg's ``tools/test.py --tta`` do, with their defaults
-    where the config has none (said in one log line).
+    as mmdet's, mmseg's and mmpretrain's ``tools/test.py --tta`` do, with
+    their defaults where the config has none (said in one log line).
 
     Instance segmentation is refused: mmdet's ``DetTTAModel`` merges boxes
     only, so mmdet has no test-time augmentation for masks. mmseg has no
@@ -202,8 +217,9 @@ def use_tta(cfg: Config, scope: str) -> None:
             "R-CNN) support it.")
     defaults = {}
     if 'tta_model' not in cfg:
-        cfg.tta_model = copy.deepcopy(
-            MMDET_TTA_MODEL if scope == 'mmdet' else MMSEG_TTA_MODEL)
+        cfg.tta_model = copy.deepcopy(dict(
+            mmdet=MMDET_TTA_MODEL, mmseg=MMSEG_TTA_MODEL,
+            mmpretrain=MMPRETRAIN_TTA_MODEL)[scope])
         defaults['tta_model'] = str(cfg.tta_model)
     if 'tta_pipeline' not in cfg:
         if scope == 'mmseg':
@@ -217,10 +233,16 @@ def use_tta(cfg: Config, scope: str) -> None:
         while 'dataset' in dataset:  # dataset wrappers
             dataset = dataset.dataset
         cfg.tta_pipeline = copy.deepcopy(dataset.pipeline)
-        cfg.tta_pipeline[-1] = copy.deepcopy(MMDET_FLIP_TTA)
-        defaults['tta_pipeline'] = ('the test pipeline, its last step '
-                                    'replaced by a horizontal flip '
-                                    'TestTimeAug')
+        if scope == 'mmdet':
+            cfg.tta_pipeline[-1] = copy.deepcopy(MMDET_FLIP_TTA)
+            defaults['tta_pipeline'] = ('the test pipeline, its last step '
+                                        'replaced by a horizontal flip '
+                                        'TestTimeAug')
+        else:
+            cfg.tta_pipeline[-1] = mmpretrain_flip_tta(dataset.pipeline[-1])
+            defaults['tta_pipeline'] = ('the test pipeline, its last step '
+                                        'inside a horizontal flip '
+                                        'TestTimeAug')
     if defaults:
         print_log(f'--tta: the config has no {" and no ".join(defaults)}; '
                   f"using what {scope}'s tools/test.py --tta uses then: "
