@@ -10,8 +10,8 @@ the outputs are raw tensors that mmdet's and mmseg's own code decodes, for
 Mask R-CNN its detections and 28x28 masks, pasted by mmdet's own code
 (tools/deployment/onnx_demo.py shows how). The file holds standard ONNX
 operators (opset 18) for any runtime; --fuse writes ONNX Runtime's fused
-attention, GELU and LayerNorm operators instead, faster there but read by
-ONNX Runtime alone. The check runs the file and PyTorch on IMAGE through
+attention and GELU operators instead, faster there but read by ONNX
+Runtime alone. The check runs the file and PyTorch on IMAGE through
 the config's test pipeline (by default the config's first validation
 image, else a picture the package draws). Needs `pip install -e .[deploy]`.
 """

@@ -132,8 +132,8 @@ def test_the_file_gives_mmdets_detections_and_masks_at_other_sizes(
 
 @pytest.mark.slow
 def test_a_fused_file_gives_mmdets_detections_and_masks(mask_rcnn, tmp_path):
-    """``fuse``: ONNX Runtime's attention, GELU and LayerNorm operators in
-    the backbone leave the heads' graph whole (NMS, RoIAlign)."""
+    """``fuse``: ONNX Runtime's attention and GELU operators in the
+    backbone leave the heads' graph whole (NMS, RoIAlign)."""
     import onnx
     model, checkpoint = mask_rcnn
     out = str(tmp_path / 'fused.onnx')

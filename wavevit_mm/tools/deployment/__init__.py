@@ -17,8 +17,8 @@ afterwards by mmdet's and mmseg's own code:
 - segmentors: the decode head's logits at the input size (``seg_logits``).
 
 A plain file holds standard ONNX operators only (opset 18), for any
-runtime; a fused one (:mod:`.fusion`) ONNX Runtime's own fused attention,
-GELU and LayerNorm operators, for ONNX Runtime alone.
+runtime; a fused one (:mod:`.fusion`) ONNX Runtime's own fused attention
+and GELU operators, for ONNX Runtime alone.
 
 The graph comes from ``torch.onnx.export`` (torch.export underneath), so
 the network exports through the code it runs in PyTorch; a file is kept
