@@ -167,6 +167,29 @@ def test_a_config_without_a_test_pipeline_is_one_paragraph(exported,
     assert not out.exists()
 
 
+def test_a_classification_config_is_one_paragraph(exported, toy_workspace,
+                                                  tmp_path):
+    """The export and the demo take detectors and segmentors: an mmpretrain
+    config is named as such before any checkpoint or file is read."""
+    config = tmp_path / 'classifier.py'
+    config.write_text(
+        "default_scope = 'mmpretrain'\n"
+        "model = dict(type='ImageClassifier', backbone=dict(type='WaveViT'))\n"
+        "test_dataloader = dict(dataset=dict(type='CustomDataset', "
+        "data_prefix='val', pipeline=[dict(type='LoadImageFromFile'), "
+        "dict(type='PackInputs')]))\n")
+    checkpoint, model_file = exported[:2]
+    out = tmp_path / 'model.onnx'
+    for prog, args in (('pytorch2onnx.py', [config, checkpoint, '--out', out]),
+                       ('onnx_demo.py', [val_image(toy_workspace), config,
+                                         model_file])):
+        result = run_tool(f'deployment/{prog}', args, cwd=str(tmp_path))
+        assert_refusal(result, prog, f'{config} is a classification config',
+                       "export and run mmdet's detectors and mmseg's "
+                       'segmentors')
+    assert not out.exists()
+
+
 def test_demo_draws_what_image_demo_draws(exported, toy_workspace, tmp_path):
     checkpoint, out, _, _, _ = exported
     image = val_image(toy_workspace)

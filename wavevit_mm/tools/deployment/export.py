@@ -15,9 +15,9 @@ from ...compat import require_onnx_export
 from ...errors import ConfigError
 from ...models.pretrained import check_fits, read_model_weights
 from ..complexity import build_model
-from ..config import (check_backbone_config, load_config, scope_of,
-                      inference_dataset)
-from .exportable import default_shape, exportable, second_size
+from ..config import check_backbone_config, inference_dataset, load_config
+from .exportable import (check_deployable, default_shape, exportable,
+                         second_size)
 from .fusion import (attention_translations, convolution_ffns,
                      fuse_patterns)
 from .probe import check_input, probe_image
@@ -112,7 +112,7 @@ def load_model(config: str, checkpoint: str,
     loaded strictly: a file that does not fit is a CheckpointError. The
     config is checked first, with the test pipeline the check needs."""
     cfg = load_config(config, cfg_options)
-    scope_of(cfg)
+    check_deployable(cfg, config)
     check_backbone_config(cfg)
     inference_dataset(cfg)
     weights, _ = read_model_weights(checkpoint)

@@ -8,7 +8,7 @@ from mmengine.config import Config
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ..config import inference_dataset
+from ..config import inference_dataset, scope_of
 from .runtime import ExportError
 from .two_stage import MaskRCNNOutputs, check_mask_rcnn
 
@@ -100,6 +100,19 @@ def _adaptive_pool_sizes(model: nn.Module) -> List[str]:
             if size not in (1, (1, 1)):
                 sizes.append(str(size))
     return sizes
+
+
+def check_deployable(cfg: Config, config: str) -> None:
+    """A ConfigError of one paragraph for a config whose models the
+    deployment tools do not take: mmpretrain's classifiers (their test
+    pipeline, outputs and decoding are none of the detectors' and
+    segmentors'), and a config of no known scope."""
+    if scope_of(cfg) == 'mmpretrain':
+        raise ConfigError(
+            f'{config} is a classification config (default_scope '
+            f"'mmpretrain'): the deployment tools export and run mmdet's "
+            f"detectors and mmseg's segmentors (and their backbones with "
+            f'--backbone-only), not classifiers.')
 
 
 def exportable(model: nn.Module, config: str, backbone_only: bool = False,

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from ...errors import InputError
 from ..complexity import build_model
-from ..config import load_config, scope_of, inference_dataset
+from ..config import inference_dataset, load_config, scope_of
+from .exportable import check_deployable
 from .runtime import onnx_session, run_session
 from .two_stage import predicted_instances
 from .verification import decode_detections
@@ -86,6 +87,7 @@ def predict_image_onnx(image: np.ndarray, config: str, model_file: str,
             f'exported by pytorch2onnx.py; the demo runs detectors and '
             f'segmentors exported by it (without --backbone-only).')
     cfg = load_config(config, cfg_options)
+    check_deployable(cfg, config)
     model = build_model(cfg)
     model.cfg, model.dataset_meta = cfg, dataset_meta(cfg)
     data = inference_pipeline(cfg)(dict(img=image[..., ::-1].copy(), img_id=0))
