@@ -79,6 +79,8 @@ def predict_image_onnx(image: np.ndarray, config: str, model_file: str,
     with the config as ``model.cfg`` and the test set's classes as
     ``model.dataset_meta`` (as mmdet's ``init_detector`` sets them), for
     :func:`~wavevit_mm.tools.inference.draw_prediction`."""
+    cfg = load_config(config, cfg_options)
+    check_deployable(cfg, config)  # before the file is opened
     session = onnx_session(model_file)
     part = session.get_modelmeta().custom_metadata_map.get('wavevit_mm.part')
     if part not in ('detector', 'instance segmentor', 'segmentor'):
@@ -86,8 +88,6 @@ def predict_image_onnx(image: np.ndarray, config: str, model_file: str,
             f'{model_file} holds {"a " + part if part else "no model"} '
             f'exported by pytorch2onnx.py; the demo runs detectors and '
             f'segmentors exported by it (without --backbone-only).')
-    cfg = load_config(config, cfg_options)
-    check_deployable(cfg, config)
     model = build_model(cfg)
     model.cfg, model.dataset_meta = cfg, dataset_meta(cfg)
     data = inference_pipeline(cfg)(dict(img=image[..., ::-1].copy(), img_id=0))
